@@ -10,15 +10,11 @@ from __future__ import annotations
 import enum
 from collections.abc import Mapping
 from datetime import datetime
-from types import MappingProxyType
 from typing import Any
 
 import attrs
 
 __all__ = ["ApiErrorItem", "Attachment", "ChatMessage", "Sender"]
-
-_EMPTY: Mapping[str, Any] = MappingProxyType({})
-
 
 class Sender(enum.StrEnum):
     """Who sent a chat message.
@@ -96,7 +92,7 @@ class ChatMessage:
     sender: Sender
     message: str | None = None
     payload: tuple[Attachment, ...] = ()
-    extra: Mapping[str, Any] = attrs.field(default=_EMPTY, eq=False, repr=False)
+    extra: Mapping[str, Any] = attrs.field(factory=dict, eq=False, repr=False)
 
 
 @attrs.frozen

@@ -26,7 +26,6 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from datetime import datetime
-from types import MappingProxyType
 from typing import Any, TypeVar
 
 import attrs
@@ -123,7 +122,7 @@ def make_converter(*, forbid_extra_keys: bool = False) -> cattrs.Converter:
                 raise cattrs.ForbiddenExtraKeysError("", ChatMessage, set(unknown))
         msg = structure_base(value, ChatMessage)
         extra = {k: v for k, v in value.items() if k not in known}
-        return attrs.evolve(msg, extra=MappingProxyType(extra)) if extra else msg
+        return attrs.evolve(msg, extra=extra) if extra else msg
 
     def unstructure_message(msg: ChatMessage) -> dict[str, Any]:
         data = unstructure_base(msg)
