@@ -19,6 +19,11 @@ request started since. The best such bound, while its window lasts, caps admissi
 no bound known (first contact, or its window has passed) one request at a time goes out to learn
 it, so a restarted process overshoots a nearly spent quota by at most one request.
 
+Optionally the quota can also be *paced*: ``Quota(burst=N)`` puts aiolimiter's token bucket
+(``N`` tokens, refilled at ``limit / period``) in front, so a service spreads its calls over the
+hour instead of spending them in the first seconds. The bucket only shapes the rate; the tokens
+held above are what keep the guarantee, since a bucket alone overshoots.
+
 Waiters are served first come, first served; a cancelled waiter takes nothing, and a cancelled
 request gives back its slot at once and its token as if it had completed then. The module knows
 nothing of HTTP: the client reports what the server said through :meth:`CabinetLimiter.observe`.
@@ -34,6 +39,7 @@ from collections.abc import Hashable
 from typing import Protocol
 
 import attrs
+from aiolimiter import AsyncLimiter
 
 __all__ = ["CabinetLimiter", "Lease", "Limiter", "Quota", "QuotaState", "limiter_for"]
 
@@ -47,10 +53,11 @@ class Quota:
     """A resource quota: at most ``limit`` requests per any ``period`` seconds, per cabinet.
 
     ``margin`` is extra time each token is held beyond the period, for whole-second server clocks
-    and network delay; by default ``min(1 s, period / 1000)``.
+    and network delay; by default ``min(1 s, period / 1000)``. ``burst``, if set, paces requests
+    to ``limit / period`` per second with bursts of up to ``burst`` (off by default: full speed).
 
     >>> Quota()
-    Quota(limit=1000, period=3600.0, margin=None)
+    Quota(limit=1000, period=3600.0, margin=None, burst=None)
     >>> Quota(limit=30, period=3.0).effective_margin
     0.003
     """
@@ -58,6 +65,7 @@ class Quota:
     limit: int = attrs.field(default=1000, validator=[attrs.validators.instance_of(int)])
     period: float = attrs.field(default=3600.0, converter=float)
     margin: float | None = attrs.field(default=None)
+    burst: int | None = attrs.field(default=None)
 
     @limit.validator
     def _check_limit(self, _: attrs.Attribute[int], value: int) -> None:
@@ -73,6 +81,11 @@ class Quota:
     def _check_margin(self, _: attrs.Attribute[float | None], value: float | None) -> None:
         if value is not None and not (value >= 0 and math.isfinite(value)):
             raise ValueError(f"Quota.margin must be >= 0 seconds, got {value}")
+
+    @burst.validator
+    def _check_burst(self, _: attrs.Attribute[int | None], value: int | None) -> None:
+        if value is not None and not (isinstance(value, int) and 1 <= value <= self.limit):
+            raise ValueError(f"Quota.burst must be None or 1..limit, got {value!r}")
 
     @property
     def effective_margin(self) -> float:
@@ -174,12 +187,19 @@ class CabinetLimiter:
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at = math.inf
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._pacer = (
+            AsyncLimiter(quota.burst, quota.burst * quota.period / quota.limit)
+            if quota.burst is not None
+            else None
+        )
 
     # -- the public protocol -------------------------------------------------------------
 
     async def acquire(self) -> _InProcessLease:
         """Wait until a request may be sent; FIFO, and cancelling the wait takes nothing."""
         loop = self._loop = self._loop or asyncio.get_running_loop()
+        if self._pacer is not None:
+            await self._pacer.acquire()
         if not self._waiters and self._admissible(loop.time()):
             return self._grant()
         waiter: asyncio.Future[_InProcessLease] = loop.create_future()

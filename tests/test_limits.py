@@ -217,3 +217,21 @@ async def test_one_limiter_per_cabinet_per_loop() -> None:
     assert limiter_for(("https://api", 2), quota, 4) is not a
     with pytest.raises(ValueError, match="same quota"):
         limiter_for(("https://api", 1), Quota(limit=10), 4)
+
+
+async def test_burst_paces_requests_over_the_period() -> None:
+    limiter = CabinetLimiter(Quota(limit=100, period=100.0, burst=10), max_parallel=4)
+    first = await limiter.acquire()
+    await limiter.observe(first, remaining=None, resets_in=None)
+    await first.release()
+    started = now()
+    for _ in range(29):
+        lease = await limiter.acquire()
+        await lease.release()
+    # 9 more from the full bucket at once, then one per second (100 per 100 s).
+    assert now() - started == pytest.approx(20.0, abs=1.0)
+
+
+async def test_burst_must_fit_the_limit() -> None:
+    with pytest.raises(ValueError, match="burst"):
+        Quota(limit=10, burst=11)
