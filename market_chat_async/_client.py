@@ -241,7 +241,7 @@ class MarketChatClient:
         loop = asyncio.get_running_loop()
         wait = self.max_rate_limit_wait
         deadline = None if wait is None else loop.time() + wait
-        failures = 0
+        failures = refusals = 0
         while True:
             lease = await self._acquire(limiter, business_id, deadline)
             try:
@@ -260,7 +260,8 @@ class MarketChatClient:
                         outcome.retry_after or 0.0,
                     )
                 else:
-                    delay = self._rng.uniform(self.retry.parallel_min, self.retry.parallel_max)
+                    refusals += 1
+                    delay = retry_delay(self.retry, outcome, refusals, self._rng) or 0.0
                     logger.debug("parallel 420, cabinet %s; retry in %.2f s", business_id, delay)
                 if (
                     deadline is not None
@@ -292,7 +293,12 @@ class MarketChatClient:
         )
         if isinstance(error, RateLimitError) and error.reason == "quota" and remaining is None:
             remaining = 0  # spent, says the status, even without the headers
-        await limiter.observe(lease, remaining, info.resets_in if info else None)
+        await limiter.observe(
+            lease,
+            remaining,
+            info.resets_in if info else None,
+            parallel_refused=isinstance(error, RateLimitError) and error.reason == "parallel",
+        )
         return error or outcome
 
     async def _acquire(self, limiter: Limiter, business_id: int, deadline: float | None) -> Lease:

@@ -19,13 +19,21 @@ request started since. The best such bound, while its window lasts, caps admissi
 no bound known (first contact, or its window has passed) one request at a time goes out to learn
 it, so a restarted process overshoots a nearly spent quota by at most one request.
 
+The parallel cap is shared with whoever else calls for the cabinet. When the server refuses a
+request for it (someone else holds slots), this limiter lowers its own cap to what it had in
+flight less one, and raises it again by one after ``_RAISE_AFTER`` answers without a refusal,
+doubling that wait whenever a raise is refused again (like TCP's congestion window), so other
+users' load costs a few refused calls, not a stream of them.
+
 Optionally the quota can also be *paced*: ``Quota(burst=N)`` puts aiolimiter's token bucket
 (``N`` tokens, refilled at ``limit / period``) in front, so a service spreads its calls over the
 hour instead of spending them in the first seconds. The bucket only shapes the rate; the tokens
 held above are what keep the guarantee, since a bucket alone overshoots.
 
-Waiters are served first come, first served; a cancelled waiter takes nothing, and a cancelled
-request gives back its slot at once and its token as if it had completed then. The module knows
+Waiters are served first come, first served; a cancelled waiter takes nothing. A request
+abandoned in flight (cancelled, timed out) keeps its token as if it had completed then, and its
+parallel slot until the slowest recent answer would have come back: the server may still be
+serving it, and a new request in its place would be refused for the parallel cap. The module knows
 nothing of HTTP: the client reports what the server said through :meth:`CabinetLimiter.observe`.
 """
 
@@ -46,6 +54,14 @@ __all__ = ["CabinetLimiter", "Lease", "Limiter", "Quota", "QuotaState", "limiter
 # With no server figure at hand, a 420 for the quota that named no reset time is waited out
 # this long (capped by the period) before one request probes again.
 _UNKNOWN_RESET_WAIT = 60.0
+# Answers without a parallel-cap refusal before a lowered cap is raised by one; doubled (up to
+# the maximum) each time a raise is refused.
+_RAISE_AFTER = 8
+# An abandoned request keeps its parallel slot until the slowest of the last answers' times
+# has passed since it was sent (this long before any answer came).
+_LATENCY_SAMPLES = 32
+_DEFAULT_LATENCY = 1.0
+_RAISE_AFTER_MAX = 1024
 
 
 @attrs.frozen
@@ -127,19 +143,29 @@ class Limiter(Protocol):
     async def acquire(self) -> Lease:
         """Wait for a parallel slot and a quota token; cancellation takes nothing."""
 
-    async def observe(self, lease: Lease, remaining: int | None, resets_in: float | None) -> None:
+    async def observe(
+        self,
+        lease: Lease,
+        remaining: int | None,
+        resets_in: float | None,
+        *,
+        parallel_refused: bool = False,
+    ) -> None:
         """The server answered ``lease``'s request saying ``remaining`` calls are left until
-        ``resets_in`` seconds from now (each ``None`` when it did not say)."""
+        ``resets_in`` seconds from now (each ``None`` when it did not say);
+        ``parallel_refused`` when the answer was a 420 for the parallel cap."""
 
     async def state(self) -> QuotaState:
         """How much quota is left and when more frees."""
 
 
 class _InProcessLease:
-    __slots__ = ("_limiter", "overlap", "released")
+    __slots__ = ("_limiter", "answered", "granted_at", "overlap", "released")
 
-    def __init__(self, limiter: CabinetLimiter, overlap: int) -> None:
+    def __init__(self, limiter: CabinetLimiter, overlap: int, granted_at: float) -> None:
         self._limiter = limiter
+        self.granted_at = granted_at
+        self.answered = False
         # Requests of ours in flight at some moment during this one's flight: the server may
         # count any of them after this one, so its Remaining may not include them yet.
         self.overlap = overlap
@@ -178,7 +204,13 @@ class CabinetLimiter:
             raise ValueError(f"max_parallel must be at least 1, got {max_parallel}")
         self.quota = quota
         self.max_parallel = max_parallel
+        self._cap = max_parallel  # lowered while others hold some of the cabinet's slots
+        self._raise_after = _RAISE_AFTER
+        self._calm = 0  # answers without a refusal since the cap last changed
+        self._raised = False  # the cap was raised and no refusal came since
         self._waiters: deque[asyncio.Future[_InProcessLease]] = deque()
+        self._latencies: deque[float] = deque(maxlen=_LATENCY_SAMPLES)
+        self._lingering = 0  # abandoned requests the server may still be serving
         self._in_flight: set[_InProcessLease] = set()
         self._returns: deque[float] = deque()  # when completed requests' tokens come back
         self._starts = 0
@@ -214,10 +246,20 @@ class CabinetLimiter:
             self._wake()
             raise
 
-    async def observe(self, lease: Lease, remaining: int | None, resets_in: float | None) -> None:
+    async def observe(
+        self,
+        lease: Lease,
+        remaining: int | None,
+        resets_in: float | None,
+        *,
+        parallel_refused: bool = False,
+    ) -> None:
         """Take in the server's ``Remaining`` / reset time from the answer to ``lease``."""
         assert isinstance(lease, _InProcessLease)
         now = self._now()
+        lease.answered = True
+        self._latencies.append(now - lease.granted_at)
+        self._adapt_cap(parallel_refused)
         if remaining is None:
             self._no_headers = resets_in is None
             return
@@ -255,6 +297,23 @@ class CabinetLimiter:
 
     # -- bookkeeping ---------------------------------------------------------------------
 
+    def _adapt_cap(self, refused: bool) -> None:
+        if refused:
+            if self._raised:
+                self._raise_after = min(2 * self._raise_after, _RAISE_AFTER_MAX)
+            # The server saw our requests in flight plus others' at its cap: ours less this one
+            # is what fits.
+            self._cap = max(1, min(self._cap, len(self._in_flight) - 1))
+            self._calm, self._raised = 0, False
+        elif self._cap < self.max_parallel:
+            self._calm += 1
+            if self._calm >= self._raise_after:
+                self._cap += 1
+                self._calm, self._raised = 0, True
+                self._wake()
+        else:
+            self._raise_after = _RAISE_AFTER
+
     def _now(self) -> float:
         loop = self._loop = self._loop or asyncio.get_running_loop()
         return loop.time()
@@ -272,7 +331,7 @@ class CabinetLimiter:
     def _admissible(self, now: float) -> bool:
         self._expire(now)
         in_flight = len(self._in_flight)
-        if in_flight >= self.max_parallel:
+        if in_flight + self._lingering >= self._cap:
             return False
         if in_flight + len(self._returns) >= self.quota.limit:
             return False
@@ -293,7 +352,7 @@ class CabinetLimiter:
     def _grant(self) -> _InProcessLease:
         for other in self._in_flight:
             other.overlap += 1
-        lease = _InProcessLease(self, overlap=len(self._in_flight))
+        lease = _InProcessLease(self, overlap=len(self._in_flight), granted_at=self._now())
         self._in_flight.add(lease)
         self._starts += 1
         return lease
@@ -303,9 +362,28 @@ class CabinetLimiter:
             return
         lease.released = True
         self._in_flight.discard(lease)
-        if sent:
-            self._returns.append(self._now() + self.quota.period + self.quota.effective_margin)
+        if not sent:
+            self._starts -= 1  # never reached the server: no server bound needs to count it
+        else:
+            now = self._now()
+            self._returns.append(now + self.quota.period + self.quota.effective_margin)
+            if not lease.answered:
+                # Abandoned in flight (cancelled, timed out, connection lost): the server may
+                # still be working on it and count it against the cap, so its slot stays taken
+                # until the slowest recent answer would have come back.
+                linger = lease.granted_at + self._slowest() - now
+                if linger > 0:
+                    self._lingering += 1
+                    assert self._loop is not None
+                    self._loop.call_later(linger, self._end_linger)
         self._wake()
+
+    def _end_linger(self) -> None:
+        self._lingering -= 1
+        self._wake()
+
+    def _slowest(self) -> float:
+        return max(self._latencies, default=_DEFAULT_LATENCY)
 
     def _wake(self) -> None:
         """Hand leases to waiters at the head of the queue while the limits allow."""
@@ -320,7 +398,7 @@ class CabinetLimiter:
                 break
             waiters.popleft()
             head.set_result(self._grant())
-        if waiters and len(self._in_flight) < self.max_parallel:
+        if waiters and len(self._in_flight) + self._lingering < self._cap:
             self._schedule(self._next_change(now))
 
     def _schedule(self, when: float) -> None:

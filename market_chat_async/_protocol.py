@@ -232,8 +232,9 @@ class RetryPolicy:
 
     5xx answers, dropped connections and timeouts are retried up to ``max_retries`` times with
     exponential backoff and full jitter (``uniform(0, min(backoff_max, backoff_initial * 2**n))``);
-    a 420 for the parallel cap is retried after ``uniform(parallel_min, parallel_max)`` seconds
-    for as long as the client's maximum rate-limit wait allows. Client errors are never retried.
+    a 420 for the parallel cap is retried after ``uniform(parallel_min, parallel_max)`` seconds,
+    doubling for each further refusal of the same call up to 16 times that, for as long as the
+    client's maximum rate-limit wait allows. Client errors are never retried.
 
     >>> RetryPolicy(max_retries=0).max_retries
     0
@@ -263,7 +264,8 @@ def retry_delay(
     True
     """
     if isinstance(error, RateLimitError) and error.reason == "parallel":
-        return rng.uniform(policy.parallel_min, policy.parallel_max)
+        # Brief, but growing while the cap stays full, so waiting calls do not burn quota.
+        return rng.uniform(policy.parallel_min, policy.parallel_max) * 2 ** min(attempt - 1, 4)
     if not isinstance(error, (ServerError, MarketConnectionError)):
         return None
     if attempt > policy.max_retries:

@@ -74,7 +74,8 @@ async def test_first_contact_probes_with_one_request() -> None:
     assert not waiting.done()  # nothing known of the server's count yet
     await limiter.observe(probe, remaining=999, resets_in=3000.0)
     assert (await waiting) is not None
-    others = [await limiter.acquire() for _ in range(2)]
+    for _ in range(2):
+        await limiter.acquire()
     assert (await limiter.state()).in_flight == 4
 
 
@@ -235,3 +236,38 @@ async def test_burst_paces_requests_over_the_period() -> None:
 async def test_burst_must_fit_the_limit() -> None:
     with pytest.raises(ValueError, match="burst"):
         Quota(limit=10, burst=11)
+
+
+async def test_abandoned_request_keeps_its_slot_until_the_slowest_answer() -> None:
+    limiter = CabinetLimiter(Quota(limit=1000, period=3600.0), max_parallel=1)
+    first = await limiter.acquire()
+    await asyncio.sleep(2.0)  # answers take 2 s
+    await limiter.observe(first, remaining=None, resets_in=None)
+    await first.release()
+    started = now()
+    abandoned = await limiter.acquire()
+    await asyncio.sleep(0.5)
+    await abandoned.release()  # cancelled in flight: no answer observed
+    nxt = await limiter.acquire()
+    assert now() - started == pytest.approx(2.0)  # not 0.5: the server may still be on it
+    await nxt.release()
+
+
+async def test_parallel_refusals_lower_the_cap_and_answers_raise_it_again() -> None:
+    limiter = CabinetLimiter(Quota(limit=10**6, period=3600.0), max_parallel=4)
+    probe = await limiter.acquire()
+    await limiter.observe(probe, remaining=None, resets_in=None)
+    leases = [probe, *[await limiter.acquire() for _ in range(3)]]
+    # Someone else holds two slots: the server refuses two of our four.
+    for lease in leases[2:]:
+        await limiter.observe(lease, remaining=None, resets_in=None, parallel_refused=True)
+        await lease.release()
+    for lease in leases[:2]:
+        await limiter.observe(lease, remaining=None, resets_in=None)
+        await lease.release()
+    assert limiter._cap == 2
+    for _ in range(8):  # calm answers earn one more slot
+        lease = await limiter.acquire()
+        await limiter.observe(lease, remaining=None, resets_in=None)
+        await lease.release()
+    assert limiter._cap == 3

@@ -179,6 +179,10 @@ def test_retry_decisions() -> None:
         MalformedResponseError(200),
     ):
         assert retry_delay(policy, client_error, 1, rng) is None
-    parallel = retry_delay(policy, RateLimitError(reason="parallel"), 50, rng)
-    assert parallel is not None
-    assert policy.parallel_min <= parallel <= policy.parallel_max
+    refused = RateLimitError(reason="parallel")
+    first = retry_delay(policy, refused, 1, rng)
+    assert first is not None
+    assert policy.parallel_min <= first <= policy.parallel_max
+    later = retry_delay(policy, refused, 50, rng)  # never given up, but backed off to 16x
+    assert later is not None
+    assert 16 * policy.parallel_min <= later <= 16 * policy.parallel_max

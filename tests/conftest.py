@@ -1,0 +1,27 @@
+"""Fixtures: the bundled Market test server on a real localhost port, and a client for it."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+import pytest
+
+from market_chat_async import MarketChatClient, RetryPolicy
+from market_chat_async.testing import MarketTestServer, RunningServer, serve
+
+API_KEY = "test-api-key"
+FAST_RETRY = RetryPolicy(max_retries=3, backoff_initial=0.01, backoff_max=0.05)
+
+
+@pytest.fixture
+async def market() -> AsyncIterator[RunningServer]:
+    """The bundled Market API model, unlimited quota, on 127.0.0.1."""
+    async with serve(MarketTestServer()) as running:
+        yield running
+
+
+@pytest.fixture
+async def client(market: RunningServer) -> AsyncIterator[MarketChatClient]:
+    """A client pointed at ``market`` with quick retries."""
+    async with MarketChatClient(api_key=API_KEY, base_url=market.url, retry=FAST_RETRY) as c:
+        yield c
