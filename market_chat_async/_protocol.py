@@ -265,7 +265,7 @@ def retry_delay(
     """
     if isinstance(error, RateLimitError) and error.reason == "parallel":
         # Brief, but growing while the cap stays full, so waiting calls do not burn quota.
-        return rng.uniform(policy.parallel_min, policy.parallel_max) * 2 ** min(attempt - 1, 4)
+        return rng.uniform(policy.parallel_min, policy.parallel_max) * (1 << min(attempt - 1, 4))
     if not isinstance(error, (ServerError, MarketConnectionError)):
         return None
     if attempt > policy.max_retries:
