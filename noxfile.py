@@ -25,9 +25,7 @@ def install(session: nox.Session, *groups: str, extras: str = "") -> None:
 def tests(session: nox.Session) -> None:
     """The test suite, doctests included (a real redis-server on PATH is needed for Redis)."""
     install(session, "test", extras="[redis,progress]")
-    session.run(
-        "pytest", "--doctest-modules", "market_chat_async", "tests", *session.posargs
-    )
+    session.run("pytest", "--doctest-modules", "market_chat_async", "tests", *session.posargs)
 
 
 @nox.session

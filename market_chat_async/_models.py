@@ -16,6 +16,7 @@ import attrs
 
 __all__ = ["ApiErrorItem", "Attachment", "ChatMessage", "Sender"]
 
+
 class Sender(enum.StrEnum):
     """Who sent a chat message.
 

@@ -10,7 +10,6 @@ import pytest
 
 import market_chat_async
 
-
 PACKAGE_DIR = str(Path(market_chat_async.__file__).parent)
 
 
