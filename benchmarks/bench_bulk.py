@@ -135,6 +135,7 @@ async def measure(url: str) -> dict[str, Any]:
         stream_mem = {n: await peak_above_baseline(streamed, client, n) for n in MEMORY_N}
         gather_mem = {n: await peak_above_baseline(gathered, client, n) for n in GATHER_MEMORY_N}
     stream_time, gather_time = statistics.median(stream_us), statistics.median(gather_us)
+    dedup = dedup_set_bytes(MEMORY_N[-1])
     return {
         "server": "bundled test server in a subprocess, quota=None, max_parallel=None",
         "client": f"Quota(limit=10**9, period=1.0), max_parallel={MAX_PARALLEL}, "
@@ -148,7 +149,10 @@ async def measure(url: str) -> dict[str, Any]:
         "stream_bytes_per_pair_slope": round(slope(stream_mem), 1),
         "gather_peak_bytes_above_baseline": gather_mem,
         "gather_bytes_per_pair_slope": round(slope(gather_mem), 1),
-        "dedup_set_bytes_per_distinct_pair": round(dedup_set_bytes(MEMORY_N[-1]), 1),
+        "dedup_set_bytes_per_distinct_pair": round(dedup, 1),
+        "stream_peak_bytes_less_dedup_set": {
+            n: round(b - dedup * n) for n, b in stream_mem.items()
+        },
     }
 
 

@@ -5,6 +5,7 @@
 'CUSTOMER'
 """
 
+from ._bulk import BulkResult, Progress
 from ._client import MarketChatClient
 from ._errors import (
     BadRequestError,
@@ -27,6 +28,7 @@ __all__ = [
     "ApiErrorItem",
     "Attachment",
     "BadRequestError",
+    "BulkResult",
     "ChatMessage",
     "ForbiddenError",
     "LimiterUnavailableError",
@@ -35,6 +37,7 @@ __all__ = [
     "MarketChatClient",
     "MarketConnectionError",
     "NotFoundError",
+    "Progress",
     "Quota",
     "QuotaState",
     "RateLimitError",

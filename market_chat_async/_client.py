@@ -6,7 +6,7 @@ import asyncio
 import logging
 import os
 import random
-from collections.abc import AsyncIterator, Callable, Iterable
+from collections.abc import AsyncGenerator, Callable, Iterable
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Self
 
@@ -185,6 +185,7 @@ class MarketChatClient:
         pairs: Iterable[tuple[int, int]],
         *,
         progress: ProgressCallback | None = None,
+        concurrency: int | None = None,
     ) -> list[ChatMessage | BaseException]:
         """Fetch many messages of one cabinet; results in input order, errors in place.
 
@@ -198,7 +199,9 @@ class MarketChatClient:
         """
         from ._bulk import get_messages
 
-        return await get_messages(self, business_id, pairs, progress=progress)
+        return await get_messages(
+            self, business_id, pairs, progress=progress, concurrency=concurrency
+        )
 
     def stream_messages(
         self,
@@ -207,7 +210,7 @@ class MarketChatClient:
         *,
         progress: ProgressCallback | None = None,
         concurrency: int | None = None,
-    ) -> AsyncIterator[BulkResult]:
+    ) -> AsyncGenerator[BulkResult, None]:
         """Yield a :class:`BulkResult` per distinct pair as each completes, memory bounded.
 
         ``pairs`` may be a sync or async iterable; it is read lazily, so a million pairs never
