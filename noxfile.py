@@ -45,11 +45,12 @@ def typecheck(session: nox.Session) -> None:
 
 @nox.session
 def bench(session: nox.Session) -> None:
-    """Benchmarks: write benchmarks/results/*.json and the plots the docs include."""
+    """Benchmarks: benchmarks/results/*.json, the plots the docs include, README's table."""
     install(session, "bench", extras="[redis]")
     for script in sorted((ROOT / "benchmarks").glob("bench_*.py")):
         session.run("python", str(script.relative_to(ROOT)), *session.posargs)
     session.run("python", "benchmarks/plots.py")
+    session.run("python", "benchmarks/report.py")
 
 
 @nox.session

@@ -1,0 +1,102 @@
+"""Copy the key numbers from ``benchmarks/results/*.json`` into README.md's benchmark table.
+
+Run by ``nox -s bench`` after the benchmarks, so the README never quotes a number that no
+results file holds. The table sits between ``<!-- bench:begin -->`` and ``<!-- bench:end -->``.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+RESULTS = ROOT / "benchmarks" / "results"
+
+
+def load(name: str) -> dict[str, Any] | None:
+    path = RESULTS / f"{name}.json"
+    return json.loads(path.read_text()) if path.exists() else None
+
+
+def stamp(data: dict[str, Any]) -> str:
+    m = data["machine"]
+    return f"{data['date'][:10]}, {m['cpus']} CPUs, Python {m['python']}"
+
+
+def rows() -> list[str]:
+    out = []
+    if limiter := load("limiter"):
+        ours, naive, burst = limiter["ours"], limiter["naive_token_bucket"], limiter["burst"]
+        out.append(
+            f"| Quota used over {limiter['hours']} simulated hours (1,000/h, fixed window) "
+            f"| {ours['utilisation']:.1%}, {ours['quota_420']} quota-420s "
+            f"| naive `AsyncLimiter(1000, 3600)`: {naive['utilisation']:.1%}, "
+            f"{naive['quota_420']} quota-420s | `limiter.json`, {stamp(limiter)} |"
+        )
+        first_hour = sum(limiter["sends_unenforced"]["naive_token_bucket"][:60])
+        out.append(
+            f"| Requests sent in the first hour, nothing enforced "
+            f"| {sum(limiter['sends_unenforced']['ours'][:60])} "
+            f"| naive bucket: {first_hour} | `limiter.json` |"
+        )
+        out.append(
+            f"| Burst of {burst['n']} requests, fresh quota, {burst['latency_s'] * 1000:.0f} ms "
+            f"latency | {burst['seconds']} s | ideal N x latency / 4 = {burst['ideal_seconds']} s "
+            f"(x{burst['ratio_to_ideal']}) | `limiter.json` |"
+        )
+    if overhead := load("overhead"):
+        out.append(
+            f"| Per request, sequential, local server | {overhead['client_us_per_request']} us "
+            f"| raw aiohttp: {overhead['raw_aiohttp_us_per_request']} us "
+            f"(x{overhead['ratio']}) | `overhead.json`, {stamp(overhead)} |"
+        )
+    if acquire := load("acquire"):
+        out.append(
+            f"| Limiter acquire with {acquire['waiters']:,} coroutines waiting "
+            f"| {acquire['limiter_us_per_acquire']} us | `asyncio.Semaphore`: "
+            f"{acquire['semaphore_us_per_acquire']} us (x{acquire['ratio']}) "
+            f"| `acquire.json`, {stamp(acquire)} |"
+        )
+    if bulk := load("bulk"):
+        out.append(
+            f"| Streaming bulk fetch, per request ({bulk['time_pairs']:,} pairs) "
+            f"| {bulk['stream_us_per_request']} us | `gather` of `get_message`: "
+            f"{bulk['gather_us_per_request']} us (x{bulk['stream_vs_gather_time_ratio']}) "
+            f"| `bulk.json`, {stamp(bulk)} |"
+        )
+        out.append(
+            f"| Streaming bulk fetch, peak memory per input pair "
+            f"| {bulk['stream_bytes_per_pair_slope']} B ({bulk['dedup_set_bytes_per_distinct_pair']} B "
+            f"of it remembering pairs already fetched) | `gather`: "
+            f"{bulk['gather_bytes_per_pair_slope']} B | `bulk.json` |"
+        )
+    if redis := load("redis"):
+        keys = {k: v for k, v in redis.items() if isinstance(v, (int, float))}
+        ratio = keys.get("ratio")
+        added = keys.get("added_us_per_request")
+        out.append(
+            f"| Redis limiter, added latency per request | {added} us "
+            f"| in-process limiter (x{ratio}) | `redis.json`, {stamp(redis)} |"
+        )
+    return out
+
+
+def main() -> None:
+    readme = ROOT / "README.md"
+    table = [
+        "| What | This library | Baseline, same run | Source |",
+        "| --- | --- | --- | --- |",
+        *rows(),
+    ]
+    block = "<!-- bench:begin -->\n" + "\n".join(table) + "\n<!-- bench:end -->"
+    text = re.sub(
+        r"<!-- bench:begin -->.*?<!-- bench:end -->", block, readme.read_text(), flags=re.S
+    )
+    readme.write_text(text)
+    print("README.md: benchmark table updated")
+
+
+if __name__ == "__main__":
+    main()
