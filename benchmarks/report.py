@@ -66,9 +66,10 @@ def rows() -> list[str]:
             f"{bulk['gather_us_per_request']} us (x{bulk['stream_vs_gather_time_ratio']}) "
             f"| `bulk.json`, {stamp(bulk)} |"
         )
+        dedup = bulk["dedup_set_bytes_per_distinct_pair"]
         out.append(
             f"| Streaming bulk fetch, peak memory per input pair "
-            f"| {bulk['stream_bytes_per_pair_slope']} B ({bulk['dedup_set_bytes_per_distinct_pair']} B "
+            f"| {bulk['stream_bytes_per_pair_slope']} B ({dedup} B "
             f"of it remembering pairs already fetched) | `gather`: "
             f"{bulk['gather_bytes_per_pair_slope']} B | `bulk.json` |"
         )
