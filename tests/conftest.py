@@ -6,11 +6,34 @@ from collections.abc import AsyncIterator
 
 import pytest
 
-from market_chat_async import MarketChatClient, RetryPolicy
+from market_chat_async import (
+    BadRequestError,
+    ForbiddenError,
+    MarketApiError,
+    MarketChatClient,
+    NotFoundError,
+    RateLimitError,
+    RetryPolicy,
+    ServerError,
+    UnauthorizedError,
+)
 from market_chat_async.testing import MarketTestServer, RunningServer, serve
 
 API_KEY = "test-api-key"
 FAST_RETRY = RetryPolicy(max_retries=3, backoff_initial=0.01, backoff_max=0.05)
+
+# Statuses the service documents and the class each raises: client errors (never retried) ...
+CLIENT_ERRORS: list[tuple[int, type[MarketApiError]]] = [
+    (400, BadRequestError),
+    (401, UnauthorizedError),
+    (403, ForbiddenError),
+    (404, NotFoundError),
+    (405, MarketApiError),
+    (415, MarketApiError),
+    (423, MarketApiError),
+]
+# ... and the rest.
+ALL_ERRORS = [*CLIENT_ERRORS, (420, RateLimitError), (500, ServerError), (503, ServerError)]
 
 
 @pytest.fixture

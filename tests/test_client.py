@@ -14,7 +14,6 @@ from aiohttp import web
 
 from market_chat_async import (
     Attachment,
-    BadRequestError,
     ForbiddenError,
     MalformedResponseError,
     MarketApiError,
@@ -24,12 +23,11 @@ from market_chat_async import (
     RetryPolicy,
     Sender,
     ServerError,
-    UnauthorizedError,
     __version__,
 )
 from market_chat_async.testing import Fault, RunningServer
 
-from .conftest import API_KEY, FAST_RETRY
+from .conftest import API_KEY, CLIENT_ERRORS, FAST_RETRY
 
 FIXTURES = Path(__file__).parent / "fixtures"
 BUSINESS = 12345
@@ -164,18 +162,7 @@ async def test_not_found_is_not_retried(market: RunningServer, client: MarketCha
     assert market.server.stats.requests == 1
 
 
-@pytest.mark.parametrize(
-    ("status", "cls"),
-    [
-        (400, BadRequestError),
-        (401, UnauthorizedError),
-        (403, ForbiddenError),
-        (404, NotFoundError),
-        (405, MarketApiError),
-        (415, MarketApiError),
-        (423, MarketApiError),
-    ],
-)
+@pytest.mark.parametrize(("status", "cls"), CLIENT_ERRORS)
 async def test_client_errors_raise_their_class_at_once(
     status_server: tuple[str, list[int]], status: int, cls: type[MarketApiError]
 ) -> None:

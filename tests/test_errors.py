@@ -20,22 +20,10 @@ from market_chat_async import (
 )
 from market_chat_async._errors import error_class_for
 
+from .conftest import ALL_ERRORS
 
-@pytest.mark.parametrize(
-    ("status", "cls"),
-    [
-        (400, BadRequestError),
-        (401, UnauthorizedError),
-        (403, ForbiddenError),
-        (404, NotFoundError),
-        (420, RateLimitError),
-        (500, ServerError),
-        (503, ServerError),
-        (405, MarketApiError),
-        (415, MarketApiError),
-        (423, MarketApiError),
-    ],
-)
+
+@pytest.mark.parametrize(("status", "cls"), ALL_ERRORS)
 def test_status_maps_to_class(status: int, cls: type[MarketApiError]) -> None:
     assert error_class_for(status) is cls
 

@@ -30,6 +30,8 @@ from market_chat_async._protocol import (
     validate_id,
 )
 
+from .conftest import ALL_ERRORS
+
 FIXTURES = Path(__file__).parent / "fixtures"
 HEADERS = {
     "x-ratelimit-resource-limit": "1000",
@@ -81,19 +83,7 @@ def test_decode_ok() -> None:
     assert (msg.message_id, msg.sender, msg.message) == (1, Sender.PARTNER, "example")
 
 
-@pytest.mark.parametrize(
-    ("status", "cls"),
-    [
-        (400, BadRequestError),
-        (401, UnauthorizedError),
-        (403, ForbiddenError),
-        (404, NotFoundError),
-        (420, RateLimitError),
-        (500, ServerError),
-        (503, ServerError),
-        (423, MarketApiError),
-    ],
-)
+@pytest.mark.parametrize(("status", "cls"), ALL_ERRORS)
 def test_decode_error_statuses(status: int, cls: type[MarketApiError]) -> None:
     with pytest.raises(cls) as info:
         decode_message(status, {}, error_body("CODE", "what went wrong"))
