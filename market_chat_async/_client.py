@@ -333,8 +333,15 @@ class MarketChatClient:
                 headers = {"User-Agent": USER_AGENT, "Accept": "application/json"}
                 if url.origin() == self._origin:
                     headers.update(self._secret.headers())
+                # raise_for_status=False even if a passed-in session says otherwise: aiohttp's
+                # ClientResponseError would carry the request headers, credentials included.
                 async with session.get(
-                    url, params=params, headers=headers, allow_redirects=False, timeout=timeout
+                    url,
+                    params=params,
+                    headers=headers,
+                    allow_redirects=False,
+                    timeout=timeout,
+                    raise_for_status=False,
                 ) as resp:
                     body = await resp.read()
                     location = resp.headers.get("Location")

@@ -317,8 +317,11 @@ async def test_owned_session_is_closed_and_a_passed_one_is_not(market: RunningSe
         owned = client._session
     assert owned is not None
     assert owned.closed
-    async with aiohttp.ClientSession() as session:
+    async with aiohttp.ClientSession(raise_for_status=True) as session:
         async with MarketChatClient(api_key=API_KEY, base_url=market.url, session=session) as c:
             await c.get_message(BUSINESS, 1, 2)
+            market.server.not_found.add((BUSINESS, 1, 3))
+            with pytest.raises(NotFoundError):  # ours, not aiohttp's (which holds the key)
+                await c.get_message(BUSINESS, 1, 3)
         assert not session.closed
         assert "Api-Key" not in session.headers
