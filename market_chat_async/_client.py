@@ -210,11 +210,13 @@ class MarketChatClient:
         *,
         progress: ProgressCallback | None = None,
         concurrency: int | None = None,
+        dedupe: bool = True,
     ) -> AsyncGenerator[BulkResult, None]:
         """Yield a :class:`BulkResult` per distinct pair as each completes, memory bounded.
 
         ``pairs`` may be a sync or async iterable; it is read lazily, so a million pairs never
-        become a million tasks. Duplicated pairs are fetched once.
+        become a million tasks. Duplicated pairs are fetched once (``dedupe=False``: input known
+        to have no repeats, memory flat in its length).
 
         >>> async def main(client: MarketChatClient) -> None:
         ...     async for item in client.stream_messages(12345, [(67, 89), (67, 90)]):
@@ -222,7 +224,9 @@ class MarketChatClient:
         """
         from ._bulk import stream_messages
 
-        return stream_messages(self, business_id, pairs, progress=progress, concurrency=concurrency)
+        return stream_messages(
+            self, business_id, pairs, progress=progress, concurrency=concurrency, dedupe=dedupe
+        )
 
     async def quota_state(self, business_id: int) -> QuotaState:
         """The cabinet's remaining quota and when more frees, as this process sees it.

@@ -95,6 +95,14 @@ async def test_repeated_pairs_are_fetched_once(
     ]
 
 
+async def test_dedupe_off_fetches_every_occurrence() -> None:
+    fake, client = instant()
+    pairs = [(1, 1), (1, 2), (1, 1)]
+    results = [r async for r in stream_messages(client, BUSINESS, pairs, dedupe=False)]
+    assert sorted(r.index for r in results) == [0, 1, 2]
+    assert fake.calls == 3
+
+
 async def test_stream_takes_sync_and_async_iterables(client: MarketChatClient) -> None:
     def sync_pairs() -> Iterator[tuple[int, int]]:
         yield from ((1, m) for m in range(1, 11))
