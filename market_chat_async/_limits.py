@@ -13,7 +13,9 @@ token while the other ``limit`` still held theirs: impossible. A token bucket su
 2,000 requests in the first hour; this does not.
 
 Server feedback covers what this process cannot see (other processes, a restart mid-window).
-Each response's ``Remaining`` gives a safe lower bound of what is left: ``Remaining`` minus every
+When a response's ``Remaining`` is no less than what our own tokens leave, the server knows of
+nothing we do not, and the tokens alone decide (own requests are never counted twice). When it is
+less, someone else is using the cabinet, and ``Remaining`` gives a safe lower bound of what is left: ``Remaining`` minus every
 request of ours that overlapped it in flight (they may or may not be counted yet) minus every
 request started since. The best such bound, while its window lasts, caps admissions too. With
 no bound known (first contact, or its window has passed) one request at a time goes out to learn
@@ -215,7 +217,8 @@ class CabinetLimiter:
         self._returns: deque[float] = deque()  # when completed requests' tokens come back
         self._starts = 0
         self._bound: _ServerBound | None = None
-        self._no_headers = False  # the server says nothing: only local accounting applies
+        # The server says nothing, or nothing tighter than our own tokens: they alone decide.
+        self._local_suffices = False
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at = math.inf
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -261,9 +264,17 @@ class CabinetLimiter:
         self._latencies.append(now - lease.granted_at)
         self._adapt_cap(parallel_refused)
         if remaining is None:
-            self._no_headers = resets_in is None
+            self._local_suffices = resets_in is None
             return
-        self._no_headers = False
+        self._expire(now)
+        if remaining >= self.quota.limit - len(self._in_flight) - len(self._returns):
+            # Our own tokens already account for everything the server counts: a bound would
+            # count our own requests twice.
+            self._local_suffices = True
+            self._bound = None
+            self._wake()
+            return
+        self._local_suffices = False
         wait = resets_in if resets_in is not None else min(self.quota.period, _UNKNOWN_RESET_WAIT)
         fresh = _ServerBound(
             budget=remaining - lease.overlap,
@@ -338,7 +349,7 @@ class CabinetLimiter:
         if self._bound is not None:
             return self._budget(self._bound) > 0
         # Nothing known of the server's count: learn it with one request before sending more.
-        return self._no_headers or in_flight == 0
+        return self._local_suffices or in_flight == 0
 
     def _next_change(self, now: float) -> float:
         """The next moment a time-based constraint can lift (``inf`` if only a release can)."""

@@ -271,3 +271,19 @@ async def test_parallel_refusals_lower_the_cap_and_answers_raise_it_again() -> N
         await limiter.observe(lease, remaining=None, resets_in=None)
         await lease.release()
     assert limiter._cap == 3
+
+
+async def test_own_requests_are_not_counted_twice() -> None:
+    limiter = CabinetLimiter(Quota(limit=10, period=3600.0), max_parallel=10)
+    probe = await limiter.acquire()
+    await limiter.observe(probe, remaining=9, resets_in=3000.0)
+    await probe.release()
+    leases = [await limiter.acquire() for _ in range(5)]
+    # The server counted all six of ours: it knows of nothing we do not, so nothing is held
+    # back for the four still in flight beyond their own tokens.
+    await limiter.observe(leases[0], remaining=4, resets_in=3000.0)
+    state = await limiter.state()
+    assert (state.remaining, state.server_remaining) == (4, None)
+    # One request more than our tokens explain was counted: someone else uses the cabinet.
+    await limiter.observe(leases[1], remaining=3, resets_in=3000.0)
+    assert (await limiter.state()).server_remaining == 3
