@@ -14,12 +14,13 @@ token while the other ``limit`` still held theirs: impossible. A token bucket su
 
 Server feedback covers what this process cannot see (other processes, a restart mid-window).
 When a response's ``Remaining`` is no less than what our own tokens leave, the server knows of
-nothing we do not, and the tokens alone decide (own requests are never counted twice). When it is
-less, someone else is using the cabinet, and ``Remaining`` gives a safe lower bound of what is left: ``Remaining`` minus every
-request of ours that overlapped it in flight (they may or may not be counted yet) minus every
-request started since. The best such bound, while its window lasts, caps admissions too. With
-no bound known (first contact, or its window has passed) one request at a time goes out to learn
-it, so a restarted process overshoots a nearly spent quota by at most one request.
+nothing we do not, and the tokens alone decide (own requests are never counted twice). When it
+is less, someone else is using the cabinet, and ``Remaining`` gives a safe lower bound of what
+is left: ``Remaining`` minus every request of ours that overlapped it in flight (they may or may
+not be counted yet) minus every request started since. The best such bound, while its window
+lasts, caps admissions too. With no bound known (first contact, or its window has passed) one
+request at a time goes out to learn it, so a restarted process overshoots a nearly spent quota
+by at most one request.
 
 The parallel cap is shared with whoever else calls for the cabinet. When the server refuses a
 request for it (someone else holds slots), this limiter lowers its own cap to what it had in
