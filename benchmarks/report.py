@@ -84,14 +84,18 @@ def rows() -> list[str]:
     return out
 
 
-def main() -> None:
-    readme = ROOT / "README.md"
-    table = [
+def table() -> list[str]:
+    """The key numbers as markdown table lines."""
+    return [
         "| What | This library | Baseline, same run | Source |",
         "| --- | --- | --- | --- |",
         *rows(),
     ]
-    block = "<!-- bench:begin -->\n" + "\n".join(table) + "\n<!-- bench:end -->"
+
+
+def main() -> None:
+    readme = ROOT / "README.md"
+    block = "<!-- bench:begin -->\n" + "\n".join(table()) + "\n<!-- bench:end -->"
     text = re.sub(
         r"<!-- bench:begin -->.*?<!-- bench:end -->", block, readme.read_text(), flags=re.S
     )

@@ -585,7 +585,8 @@ NotificationHandler = Callable[[AnyNotification], Awaitable[object]]
 class Reply:
     """An HTTP answer to the Market: status and JSON body.
 
-    >>> Reply.error(400, "WRONG_EVENT_FORMAT", "chatId is required").body["error"]["type"]
+    >>> error = Reply.error(400, "WRONG_EVENT_FORMAT", "chatId is required").body["error"]
+    >>> error["type"]
     'WRONG_EVENT_FORMAT'
     """
 

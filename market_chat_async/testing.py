@@ -272,8 +272,9 @@ def auto_message(chat_id: int, message_id: int) -> dict[str, Any]:
 
     >>> auto_message(7, 1)["message"], auto_message(7, 1)["sender"]
     ('Сообщение 1 в чате 7', 'PARTNER')
-    >>> auto_message(7, 2)["payload"]
-    [{'name': 'file-2-1.pdf', 'url': 'https://market-files.invalid/7/2/1', 'size': 16863}]
+    >>> (attachment,) = auto_message(7, 2)["payload"]
+    >>> attachment["name"], attachment["url"], attachment["size"]
+    ('file-2-1.pdf', 'https://market-files.invalid/7/2/1', 16863)
     >>> auto_message(7, 2)["createdAt"], auto_message(7, 3)["createdAt"]
     ('2024-01-01T15:25:55.002Z', '2024-01-01T18:26:56+03:00')
     """
@@ -445,8 +446,9 @@ class MarketTestServer:
         are closed), so a runner stops at once.
 
         >>> app = MarketTestServer().make_app()
-        >>> [r.resource.canonical for r in app.router.routes()]
-        ['/v2/businesses/{businessId}/chats/message']
+        >>> (route,) = app.router.routes()
+        >>> route.method, route.resource.canonical
+        ('GET', '/v2/businesses/{businessId}/chats/message')
         """
         app = web.Application()
         app[_PAUSES] = set()
