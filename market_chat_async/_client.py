@@ -138,6 +138,9 @@ class MarketChatClient:
                 max_parallel=max_parallel,
                 fallback=redis_fallback,
                 namespace_key=str(self._origin),
+                # A lease must outlive the longest exchange (each redirect hop has its own
+                # timeout), or a slow request's slot and token would be freed early.
+                lease_ttl=max(60.0, timeout * (_MAX_REDIRECTS + 1) + 10.0),
             )
             self._limiter_of = self._shared.limiter
 
@@ -191,7 +194,7 @@ class MarketChatClient:
 
         Each item is a :class:`ChatMessage`, or the exception for that pair
         (:class:`MarketApiError`, or ``TypeError`` / ``ValueError`` for a bad id). One bad
-        pair never fails the batch. See :mod:`market_chat_async._bulk` for details.
+        pair never fails the batch. See :meth:`stream_messages`.
 
         >>> async def main(client: MarketChatClient) -> None:
         ...     results = await client.get_messages(12345, [(67, 89), (67, 90)])
