@@ -118,7 +118,8 @@ class QuotaState:
 
     ``remaining`` is how many requests may start now without waiting, ``frees_in`` the seconds
     until the next one may (``0.0`` when ``remaining > 0``), ``server_remaining`` the last
-    figure the server reported (``None`` until one arrives).
+    ``Remaining`` while it is lower than what this process's own tokens leave
+    (someone else is using the cabinet), else ``None``.
 
     >>> QuotaState(limit=1000, remaining=0, in_flight=4, max_parallel=4, frees_in=12.5,
     ...            server_remaining=None).frees_in

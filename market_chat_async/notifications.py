@@ -566,7 +566,17 @@ def retry_delay(
 
 
 class MessageSource(Protocol):
-    """What the receiver needs of a client: :class:`~market_chat_async.MarketChatClient` fits."""
+    """What the receiver needs of a client: :class:`~market_chat_async.MarketChatClient` fits.
+
+    >>> from datetime import UTC, datetime
+    >>> from market_chat_async import Sender
+    >>> class Canned:  # stands in for the client in a test
+    ...     async def get_message(self, business_id, chat_id, message_id):
+    ...         return ChatMessage(message_id, datetime.now(UTC), Sender.CUSTOMER, "hello")
+    >>> async def on_message(notification: ChatMessageSent, message: ChatMessage) -> None:
+    ...     print(message.message)
+    >>> receiver = NotificationReceiver(Canned(), on_message, allow_from=None)
+    """
 
     async def get_message(self, business_id: int, chat_id: int, message_id: int) -> ChatMessage:
         """Fetch one chat message."""

@@ -837,6 +837,12 @@ class RunningServer:
     """A :class:`MarketTestServer` listening on a real port (see :func:`serve`).
 
     ``url`` is the base URL to give a client, ``http://127.0.0.1:PORT`` with no trailing slash.
+
+    >>> async def main() -> None:
+    ...     async with serve() as running:
+    ...         print(running.url.startswith("http://127.0.0.1:"), running.port > 0)
+    >>> asyncio.run(main())
+    True True
     """
 
     url: str
