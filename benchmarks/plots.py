@@ -1,110 +1,370 @@
-"""Render the benchmark plots the docs include, from ``benchmarks/results/*.json``.
+"""Render what the docs show of the benchmarks, from ``benchmarks/results/*.json`` only.
 
-Writes PNGs to ``docs/assets/``; each names the machine and date of the results it shows.
+Run by ``nox -s bench`` after the benchmarks (``python benchmarks/plots.py``). Writes:
+
+* ``docs/assets/limiter.png``: requests sent over three simulated hours by this limiter and by a
+  naive ``aiolimiter.AsyncLimiter(1000, 3600)``, against the quota (``limiter.json``);
+* ``docs/assets/overhead.png``: time per request, this client against raw aiohttp
+  (``overhead.json``);
+* ``docs/assets/bulk_memory.png``: peak memory of streaming bulk fetches against ``gather``,
+  versus the number of pairs (``bulk.json``; skipped with a message while it does not exist);
+* ``docs/_snippets/benchmarks.md``: the key numbers as Markdown, one section per results file,
+  each naming the machine and the date, for the docs' benchmarks page to include.
+
+Every figure and number names the file, machine and date it comes from: nothing is typed by
+hand. :func:`numbers_markdown` is a pure function of the results (``tests/test_docs.py`` checks
+that the committed snippet is what the committed results give); matplotlib, a bench-only
+dependency, is imported only to draw.
 """
 
 from __future__ import annotations
 
 import json
-import sys
+from collections.abc import Callable
 from itertools import accumulate
 from pathlib import Path
 from typing import Any
 
-import matplotlib
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt
-
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "benchmarks" / "results"
 ASSETS = ROOT / "docs" / "assets"
+SNIPPET = ROOT / "docs" / "_snippets" / "benchmarks.md"
+NAMES = ("limiter", "overhead", "acquire", "bulk", "redis")
+
+Results = dict[str, dict[str, Any]]
 
 
-def load(name: str) -> dict[str, Any] | None:
-    path = RESULTS / f"{name}.json"
-    return json.loads(path.read_text()) if path.exists() else None
+def load_results(folder: Path = RESULTS) -> Results:
+    """Every results file there is, by benchmark name."""
+    return {
+        name: json.loads(path.read_text())
+        for name in NAMES
+        if (path := folder / f"{name}.json").exists()
+    }
 
 
-def caption(data: dict[str, Any]) -> str:
+def stamp(data: dict[str, Any]) -> str:
+    """Where a result comes from: file, date (UTC) and machine."""
     m = data["machine"]
-    return f"{data['benchmark']}.json, {data['date'][:10]}, {m['cpus']} CPUs, Python {m['python']}"
+    when = data["date"][:16].replace("T", " ")
+    return (
+        f"`benchmarks/results/{data['benchmark']}.json`, run {when} UTC on {m['platform']} "
+        f"({m['cpus']} CPUs, {m['processor']}), Python {m['python']}"
+    )
 
 
-def limiter_plot(data: dict[str, Any]) -> None:
-    sends = data["sends_unenforced"]
-    minutes = range(1, len(sends["ours"]) + 1)
-    fig, ax = plt.subplots(figsize=(8, 4.5))
-    naive = list(accumulate(sends["naive_token_bucket"]))
-    ax.plot(minutes, naive, label="AsyncLimiter(1000, 3600)")
-    ax.plot(minutes, list(accumulate(sends["ours"])), label="market-chat-async")
-    hours = len(sends["ours"]) // 60
-    quota = [data["limit"] * (1 + m // 60) for m in range(len(sends["ours"]))]
-    ax.step(minutes, quota, where="post", linestyle="--", color="grey", label="quota per hour")
-    ax.set_xlabel("minutes")
-    ax.set_ylabel("requests sent (cumulative)")
-    ax.set_title(f"Requests sent over {hours} h against a server enforcing nothing")
-    ax.legend()
-    fig.text(0.99, 0.01, caption(data), ha="right", fontsize=7, color="grey")
-    fig.tight_layout()
-    fig.savefig(ASSETS / "limiter.png", dpi=110)
+def _caption(data: dict[str, Any]) -> str:
+    return stamp(data).replace("`", "")
+
+
+def _fmt(value: float, digits: int = 1) -> str:
+    return f"{value:,.{digits}f}"
+
+
+# -- numbers -------------------------------------------------------------------------------
+
+
+def _last_busy_minute(per_minute: list[int]) -> int:
+    return max((m + 1 for m, n in enumerate(per_minute) if n), default=0)
+
+
+def _limiter_numbers(d: dict[str, Any]) -> list[str]:
+    ours, naive, burst = d["ours"], d["naive_token_bucket"], d["burst"]
+    sends = d["sends_unenforced"]
+    naive_sends = sends["naive_token_bucket"]
+    hour = round(d["period_s"] / 60)
+    limit = d["limit"]
+    return [
+        f"Against the bundled test server enforcing {limit:,} requests per "
+        f"{d['period_s']:g} s (fixed window) and 4 in flight, {d['latency_s'] * 1000:g} ms per "
+        f"request, for {d['hours']} simulated hours:",
+        "",
+        "| | this limiter | naive `AsyncLimiter(1000, 3600)` |",
+        "| --- | --- | --- |",
+        f"| requests completed, of {ours['maximum_possible']:,} possible "
+        f"| {ours['completed']:,} ({ours['utilisation']:.1%}) "
+        f"| {naive['completed']:,} ({naive['utilisation']:.1%}) |",
+        f"| quota 420s | {ours['quota_420']:,} | {naive['quota_420']:,} |",
+        f"| parallel-cap 420s | {ours['parallel_420']:,} | {naive['parallel_420']:,} |",
+        f"| most requests counted in any {d['period_s']:g} s "
+        f"| {ours['max_in_any_hour']:,} | {naive['max_in_any_hour']:,} |",
+        f"| sent in the first hour to a server enforcing nothing "
+        f"| {sum(sends['ours'][:hour]):,} | {sum(sends['naive_token_bucket'][:hour]):,} |",
+        "",
+        f"To the server enforcing nothing, the naive bucket sent {sum(naive_sends):,} requests "
+        f"by minute {_last_busy_minute(naive_sends)}, when the benchmark's work ran out; this "
+        f"limiter sent {sum(sends['ours']):,}, {limit:,} per hour.",
+        "",
+        f"A burst of {burst['n']:,} requests on a fresh quota took {burst['seconds']:g} s; "
+        f"the ideal, {burst['n']:,} x {burst['latency_s'] * 1000:g} ms / 4 in flight, is "
+        f"{burst['ideal_seconds']:g} s (x{burst['ratio_to_ideal']:g}).",
+    ]
+
+
+def _overhead_numbers(d: dict[str, Any]) -> list[str]:
+    return [
+        f"Sequential `get_message` calls against the bundled test server on localhost, "
+        f"{d['requests_per_round']:,} per round, median of {d['rounds']} rounds:",
+        "",
+        "| | µs per request |",
+        "| --- | --- |",
+        f"| raw aiohttp `GET` | {_fmt(d['raw_aiohttp_us_per_request'])} |",
+        f"| `MarketChatClient.get_message` | {_fmt(d['client_us_per_request'])} |",
+        f"| overhead (limiter, validation, decoding into models) "
+        f"| {_fmt(d['overhead_us_per_request'])} (x{d['ratio']:g}) |",
+    ]
+
+
+def _acquire_numbers(d: dict[str, Any]) -> list[str]:
+    return [
+        f"Taking and giving back a limiter slot with {d['waiters']:,} coroutines waiting, "
+        f"median of {d['rounds']} rounds:",
+        "",
+        "| | µs per acquire |",
+        "| --- | --- |",
+        f"| this limiter | {_fmt(d['limiter_us_per_acquire'], 2)} (x{d['ratio']:g}) |",
+        f"| `asyncio.Semaphore` | {_fmt(d['semaphore_us_per_acquire'], 2)} |",
+    ]
+
+
+def _bulk_numbers(d: dict[str, Any]) -> list[str]:
+    stream = d["stream_peak_bytes_above_baseline"]
+    gather = d["gather_peak_bytes_above_baseline"]
+    rows = [
+        f"| {int(n):,} | {stream[n] / 1e6:.1f} MB | "
+        + (f"{gather[n] / 1e6:.1f} MB |" if n in gather else "not measured |")
+        for n in sorted(stream, key=int)
+    ]
+    return [
+        f"Server: {d['server']}. Client: {d['client']}.",
+        "",
+        "| | `stream_messages` | `gather` of `get_message` |",
+        "| --- | --- | --- |",
+        f"| µs per request ({d['time_pairs']:,} pairs, median of {d['time_rounds']} rounds) "
+        f"| {_fmt(d['stream_us_per_request'])} (x{d['stream_vs_gather_time_ratio']:g}) "
+        f"| {_fmt(d['gather_us_per_request'])} |",
+        f"| peak memory per pair (slope) | {_fmt(d['stream_bytes_per_pair_slope'])} B "
+        f"| {_fmt(d['gather_bytes_per_pair_slope'])} B |",
+        "",
+        f"Of the stream's bytes per pair, {_fmt(d['dedup_set_bytes_per_distinct_pair'])} are "
+        "the set of pairs already fetched (what makes a repeated pair cost nothing); "
+        "`dedupe=False` does without it.",
+        "",
+        "| pairs | `stream_messages`, peak above baseline | `gather`, peak above baseline |",
+        "| --- | --- | --- |",
+        *rows,
+    ]
+
+
+def _redis_numbers(d: dict[str, Any]) -> list[str]:
+    return [
+        f"Sequential `get_message` calls against the bundled test server, "
+        f"{d['requests_per_round']:,} per round, median of {d['rounds']} rounds, with a "
+        "`redis-server` on localhost:",
+        "",
+        "| limiter | µs per request |",
+        "| --- | --- |",
+        f"| in-process | {_fmt(d['in_process_us_per_request'])} |",
+        f"| Redis (`redis_url=`) | {_fmt(d['redis_us_per_request'])} (x{d['ratio']:g}) |",
+        f"| added by Redis | {_fmt(d['added_us_per_request'])} |",
+    ]
+
+
+def _dedup_sentence(d: dict[str, Any] | None) -> list[str]:
+    """The bulk page's sentence on what remembering the fetched pairs costs."""
+    if d is None:
+        text = "*No `bulk.json` yet: `nox -s bench` measures this.*"
+    else:
+        text = (
+            f"Remembering the pairs fetched costs "
+            f"{_fmt(d['dedup_set_bytes_per_distinct_pair'])} bytes per distinct pair, of the "
+            f"{_fmt(d['stream_bytes_per_pair_slope'])} bytes per pair a stream takes in all "
+            f"(`benchmarks/results/bulk.json`, {d['date'][:10]}); "
+            "[more](benchmarks.md#memory-of-bulk-fetches)."
+        )
+    return ["<!-- --8<-- [start:bulk-dedup] -->", text, "<!-- --8<-- [end:bulk-dedup] -->", ""]
+
+
+_NUMBERS: dict[str, Callable[[dict[str, Any]], list[str]]] = {
+    "limiter": _limiter_numbers,
+    "overhead": _overhead_numbers,
+    "acquire": _acquire_numbers,
+    "bulk": _bulk_numbers,
+    "redis": _redis_numbers,
+}
+
+
+def numbers_markdown(results: Results) -> str:
+    """The snippet the benchmarks page includes: one section per benchmark."""
+    out = [
+        "<!-- Generated by benchmarks/plots.py from benchmarks/results/*.json; do not edit. -->",
+        "",
+    ]
+    out.extend(_dedup_sentence(results.get("bulk")))
+    for name in NAMES:
+        out.append(f"<!-- --8<-- [start:{name}] -->")
+        data = results.get(name)
+        if data is None:
+            out.append(f"*No `{name}.json` yet: `nox -s bench` writes it.*")
+        else:
+            out.extend(_NUMBERS[name](data))
+            out.extend(["", f"<small>Source: {stamp(data)}.</small>"])
+        out.extend([f"<!-- --8<-- [end:{name}] -->", ""])
+    return "\n".join(out)
+
+
+# -- plots ---------------------------------------------------------------------------------
+
+
+def _figure(width: float, height: float, ncols: int = 1) -> Any:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt.subplots(1, ncols, figsize=(width, height), squeeze=False)
+
+
+def _save(fig: Any, data: dict[str, Any], name: str) -> Path:
+    import matplotlib.pyplot as plt
+
+    fig.text(0.995, 0.01, _caption(data), ha="right", va="bottom", fontsize=7, color="dimgrey")
+    fig.tight_layout(rect=(0, 0.04, 1, 1))
+    path = ASSETS / name
+    fig.savefig(path, dpi=120, metadata={"Software": None})
     plt.close(fig)
+    return path
 
 
-def overhead_plot(data: dict[str, Any]) -> None:
-    fig, ax = plt.subplots(figsize=(6, 3))
-    labels = ["raw aiohttp", "MarketChatClient"]
-    values = [data["raw_aiohttp_us_per_request"], data["client_us_per_request"]]
-    ax.barh(labels, values, color=["grey", "tab:blue"])
-    for y, v in enumerate(values):
-        ax.text(v, y, f" {v:.0f} us", va="center")
-    ax.set_xlabel("microseconds per request (sequential, local test server)")
-    ax.set_xlim(0, max(values) * 1.25)
-    fig.text(0.99, 0.01, caption(data), ha="right", fontsize=7, color="grey")
-    fig.tight_layout()
-    fig.savefig(ASSETS / "overhead.png", dpi=110)
-    plt.close(fig)
+def limiter_plot(d: dict[str, Any]) -> Path:
+    """Cumulative sends against the fixed-window allowance, and sends in the trailing hour."""
+    sends = d["sends_unenforced"]
+    limit, hour = d["limit"], round(d["period_s"] / 60)
+    ours, naive = sends["ours"], sends["naive_token_bucket"]
+    minutes = list(range(len(ours) + 1))  # 0, then the end of each minute
+    naive_label = f"naive AsyncLimiter({limit}, {d['period_s']:g})"
+    ours_style = {"color": "tab:blue", "linewidth": 4, "alpha": 0.75, "label": "this limiter"}
+    naive_style = {"color": "tab:red", "linewidth": 1.8, "label": naive_label}
+    quota_style = {"color": "black", "linewidth": 1.2, "linestyle": "--", "zorder": 3}
+    fig, axes = _figure(11, 4.6, ncols=2)
+    left, right = axes[0]
+
+    naive_total = [0, *accumulate(naive)]
+    allowed = [limit * (1 + max(m - 1, 0) // hour) for m in minutes]
+    left.plot(minutes, naive_total, **naive_style)
+    left.plot(minutes, [0, *accumulate(ours)], **ours_style)
+    left.plot(minutes, allowed, **quota_style, label=f"quota: {limit:,} per hour window")
+    left.fill_between(
+        minutes,
+        allowed,
+        naive_total,
+        where=[n > a for n, a in zip(naive_total, allowed, strict=True)],
+        color="tab:red",
+        alpha=0.15,
+        label="naive bucket over the quota",
+    )
+    left.set_title("Requests sent, cumulative")
+    left.set_ylabel("requests")
+    left.legend(loc="upper left", fontsize=8)
+
+    def trailing(series: list[int]) -> list[int]:
+        return [sum(series[max(0, m - hour) : m]) for m in minutes[1:]]
+
+    right.plot(minutes[1:], trailing(naive), **naive_style)
+    right.plot(minutes[1:], trailing(ours), **ours_style)
+    right.axhline(limit, **quota_style, label=f"quota: {limit:,}")
+    right.set_title("Requests sent in the trailing hour (a sliding window)")
+    right.set_ylabel("requests in the last 60 minutes")
+    right.set_ylim(0, max(trailing(naive)) * 1.2)
+    right.legend(loc="upper right", fontsize=8)
+
+    for ax in (left, right):
+        ax.set_xlim(0, minutes[-1])
+        ax.set_xticks(range(0, minutes[-1] + 1, hour))
+        ax.set_xlabel("minutes")
+        ax.grid(alpha=0.3)
+    fig.suptitle(
+        f"What each limiter sends to a server that enforces nothing, "
+        f"over {d['hours']} simulated hours",
+        fontsize=11,
+    )
+    return _save(fig, d, "limiter.png")
 
 
-def bulk_plot(data: dict[str, Any]) -> None:
-    fig, ax = plt.subplots(figsize=(7, 4))
-    for key, label in (
-        ("gather_peak_bytes_above_baseline", "asyncio.gather of get_message"),
-        ("stream_peak_bytes_above_baseline", "stream_messages"),
-        ("stream_peak_bytes_less_dedup_set", "stream_messages, less the set of fetched pairs"),
-    ):
-        series = data.get(key) or {}
-        ns = sorted(int(n) for n in series)
-        ax.plot(ns, [series[str(n)] / 1e6 for n in ns], marker="o", label=label)
-    ax.set_xlabel("pairs (N)")
-    ax.set_ylabel("peak memory above baseline (MB)")
-    ax.set_title("Memory of bulk fetches versus N")
-    ax.legend()
-    fig.text(0.99, 0.01, caption(data), ha="right", fontsize=7, color="grey")
-    fig.tight_layout()
-    fig.savefig(ASSETS / "bulk_memory.png", dpi=110)
-    plt.close(fig)
+def overhead_plot(d: dict[str, Any]) -> Path:
+    """Time per request: raw aiohttp against the client."""
+    fig, axes = _figure(7.5, 2.8)
+    ax = axes[0][0]
+    labels = ["raw aiohttp GET", "MarketChatClient.get_message"]
+    values = [d["raw_aiohttp_us_per_request"], d["client_us_per_request"]]
+    ax.barh(labels, values, color=["tab:grey", "tab:blue"])
+    for y, value in enumerate(values):
+        ax.text(value, y, f"  {value:,.1f} µs", va="center")
+    ax.invert_yaxis()
+    ax.set_xlim(0, max(values) * 1.3)
+    ax.set_xlabel("µs per request, sequential, bundled test server on localhost")
+    ax.set_title(
+        f"Client overhead: +{d['overhead_us_per_request']:,.1f} µs per request (x{d['ratio']:g})",
+        fontsize=11,
+    )
+    return _save(fig, d, "overhead.png")
 
 
-def summary() -> None:
-    """The key numbers as a markdown table, for the docs' benchmarks page."""
-    sys.path.insert(0, str(Path(__file__).resolve().parent))
-    from report import table
+def bulk_memory_plot(d: dict[str, Any]) -> Path:
+    """Peak memory above baseline versus the number of pairs."""
+    fig, axes = _figure(7.5, 4.4)
+    ax = axes[0][0]
+    series = (
+        ("gather_peak_bytes_above_baseline", "asyncio.gather of get_message", "tab:red"),
+        ("stream_peak_bytes_above_baseline", "stream_messages", "tab:blue"),
+        (
+            "stream_peak_bytes_less_dedup_set",
+            "stream_messages, less the set of pairs fetched",
+            "tab:cyan",
+        ),
+    )
+    for key, label, color in series:
+        points = sorted((int(n), b) for n, b in (d.get(key) or {}).items())
+        if points:
+            ax.plot(
+                [n for n, _ in points],
+                [b / 1e6 for _, b in points],
+                marker="o",
+                color=color,
+                label=label,
+            )
+    ax.set_xlabel("pairs fetched (N)")
+    ax.set_ylabel("peak traced memory above baseline (MB)")
+    ax.set_title(
+        f"Bulk fetch memory: {d['stream_bytes_per_pair_slope']:,.1f} B per pair streaming, "
+        f"{d['gather_bytes_per_pair_slope']:,.1f} B with gather",
+        fontsize=11,
+    )
+    ax.set_xlim(left=0)
+    ax.set_ylim(bottom=0)
+    ax.grid(alpha=0.3)
+    ax.legend(loc="upper left", fontsize=8)
+    return _save(fig, d, "bulk_memory.png")
 
-    (RESULTS / "summary.md").write_text("\n".join(table()) + "\n")
-    print("plots: wrote benchmarks/results/summary.md")
+
+_PLOTS: dict[str, Callable[[dict[str, Any]], Path]] = {
+    "limiter": limiter_plot,
+    "overhead": overhead_plot,
+    "bulk": bulk_memory_plot,
+}
 
 
 def main() -> None:
+    results = load_results()
     ASSETS.mkdir(parents=True, exist_ok=True)
-    summary()
-    for name, plot in (("limiter", limiter_plot), ("overhead", overhead_plot), ("bulk", bulk_plot)):
-        data = load(name)
-        if data is None:
-            print(f"plots: no {name}.json, skipped")
+    for name, plot in _PLOTS.items():
+        if name not in results:
+            print(f"plots: no benchmarks/results/{name}.json yet, {name} plot skipped")
             continue
-        plot(data)
-        print(f"plots: wrote docs/assets/{name if name != 'bulk' else 'bulk_memory'}.png")
+        print(f"plots: wrote {plot(results[name]).relative_to(ROOT)}")
+    SNIPPET.parent.mkdir(parents=True, exist_ok=True)
+    SNIPPET.write_text(numbers_markdown(results))
+    print(f"plots: wrote {SNIPPET.relative_to(ROOT)}")
 
 
 if __name__ == "__main__":
