@@ -21,7 +21,7 @@ import attrs
 import pytest
 
 from market_chat_async import MarketChatClient, Quota, QuotaState
-from market_chat_async.cli import Meter, duration, quota_wait
+from market_chat_async.cli.progress import Meter, duration, quota_wait
 from market_chat_async.testing import MarketTestServer, RunningServer, serve
 
 API_KEY = "test-api-key"  # the test server's

@@ -1,0 +1,40 @@
+"""``market-chat``: Market chat messages from a terminal.
+
+::
+
+    market-chat get   --business-id 12345 --chat-id 67 --message-id 89
+    market-chat fetch --business-id 12345 --input ids.csv --output messages.jsonl
+    market-chat serve --port 8080 --output messages.jsonl
+    market-chat demo
+
+Every message is written as one JSON object in the API's own shape (``messageId``,
+``createdAt``, ``sender``, ``message``, ``payload``, and any field the service adds later;
+``createdAt`` in ISO 8601 with the offset the API gave) with ``chatId`` put first, since the
+API's message object does not say which chat it belongs to; ``serve``, which can receive for
+several cabinets, adds ``businessId`` too.
+
+``fetch`` reads CSV with the header ``chat_id,message_id`` or JSON lines
+(``{"chat_id": 67, "message_id": 89}``; ``chatId`` / ``messageId`` too, so an output file is a
+valid input), chosen by the extension (``.csv``; ``.jsonl``, ``.ndjson``, ``.json``) or else by
+the first line. Messages are appended to the output in the order they arrive, one whole line
+per write, so a killed run leaves a valid file; running the same command again fetches only the
+pairs not in the output yet. Failures (and bad input rows, with their line numbers) go to the
+errors file, rewritten by each run: it lists what is still missing after the last one.
+
+Exit status: 0 when everything was fetched, 1 when some pair failed or an input row was bad
+(the rest are still done), 2 for a usage error (no key, unreadable input, ...), 130 on Ctrl-C
+and 143 on SIGTERM. The API key is read from ``YANDEX_MARKET_API_KEY`` unless ``--api-key`` is
+given, and is never printed.
+
+The package, one module per concern: :mod:`.parser` (the parser and the list of commands),
+:mod:`.options` (what commands share, and the command-module convention), :mod:`.inputs`,
+:mod:`.outputs`, :mod:`.progress`, :mod:`.status`, :mod:`.main`, and one module per command.
+"""
+
+from .inputs import parse_id
+from .main import main
+from .options import API_KEY_ENV
+from .outputs import json_line, message_record
+from .parser import build_parser
+
+__all__ = ["API_KEY_ENV", "build_parser", "json_line", "main", "message_record", "parse_id"]

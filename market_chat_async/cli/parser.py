@@ -1,0 +1,47 @@
+"""The ``market-chat`` argument parser, and the one list of its commands.
+
+To add a command, write a module beside this one with ``add_parser(commands, shared)`` and
+``async run(args, console) -> int`` (see :mod:`market_chat_async.cli.options`), import it
+here and put it in ``COMMANDS``; the order of ``COMMANDS`` is the order of ``--help``.
+"""
+
+from __future__ import annotations
+
+import argparse
+from typing import Final
+
+from market_chat_async._version import __version__
+
+from . import demo, fetch, get, serve
+from .options import Command, add_verbosity, shared_options
+
+__all__ = ["COMMANDS", "build_parser"]
+
+COMMANDS: Final[tuple[Command, ...]] = (get, fetch, serve, demo)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The ``market-chat`` argument parser; each command's ``run`` is its ``args.run``.
+
+    >>> args = build_parser().parse_args(["demo", "-q"])
+    >>> args.run is demo.run, args.quiet
+    (True, True)
+    """
+    parser = argparse.ArgumentParser(
+        prog="market-chat",
+        description="Fetch Yandex Market chat messages, keeping the cabinet's limits.",
+        epilog="Exit status: 0 all done; 1 something failed (see the errors file); 2 usage "
+        "error; 130 or 143 interrupted. New here? `market-chat demo` runs a bulk fetch "
+        "against a local test server, no account needed.",
+    )
+    parser.add_argument(
+        "--version", action="version", version=f"%(prog)s {__version__}", help="print the version"
+    )
+    add_verbosity(parser, top=True)
+    commands = parser.add_subparsers(
+        dest="command", required=True, metavar="COMMAND", help="one of:"
+    )
+    shared = shared_options()
+    for command in COMMANDS:
+        command.add_parser(commands, shared).set_defaults(run=command.run)
+    return parser
