@@ -177,7 +177,8 @@ async def test_get_chats_pages_to_the_end_with_opaque_tokens(
     seen, sizes, token, pages = [], [], None, 0
     while True:
         # the alias pageToken on odd pages, page_token on even ones
-        params = {} if token is None else {("pageToken" if pages % 2 else "page_token"): token}
+        name = "pageToken" if pages % 2 else "page_token"
+        params: dict[str, str] = {} if token is None else {name: token}
         result = (await get_chats(session, running, limit=10, **params)).result()
         pages += 1
         sizes.append(len(result["chats"]))
