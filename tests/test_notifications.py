@@ -16,7 +16,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime, timedelta, timezone
 from ipaddress import ip_address, ip_network
-from typing import Any
+from typing import Any, TypeVar
 
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
@@ -24,6 +24,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from market_chat_async import (
+    BadRequestError,
     ChatMessage,
     ForbiddenError,
     MarketChatClient,
@@ -41,7 +42,6 @@ from market_chat_async.notifications import (
     Notification,
     NotificationFormatError,
     NotificationReceiver,
-    _nested_deeper_than,
     client_address,
     create_app,
     decode_json,
@@ -49,10 +49,12 @@ from market_chat_async.notifications import (
     parse_notification,
     retry_delay,
 )
+from market_chat_async.notifications._events import _nested_deeper_than
 from market_chat_async.testing import RunningServer
 
 from .conftest import API_KEY, FAST_RETRY
 
+T = TypeVar("T")
 BUSINESS = 12345
 SENT_AT = "2017-11-21T00:00:00.213Z"
 QUICK = HandlerRetry(attempts=3, backoff_initial=0.01, backoff_max=0.02)
@@ -139,6 +141,18 @@ async def post(
     data = body if isinstance(body, bytes) else json.dumps(body).encode()
     async with http.post("/notification", data=data, headers=headers) as resp:
         return resp.status, await resp.json()
+
+
+async def eventually(
+    probe: Callable[[], Awaitable[T]], good: Callable[[T], bool], within: float = 30.0
+) -> T:
+    """Poll ``probe`` until ``good`` holds (the overall bound only catches a hang)."""
+    async with asyncio.timeout(within):
+        while True:
+            value = await probe()
+            if good(value):
+                return value
+            await asyncio.sleep(0.01)
 
 
 def assert_ok_body(body: Any) -> None:
@@ -404,7 +418,8 @@ def test_retry_delays_grow_and_stop() -> None:
 @pytest.mark.parametrize(
     ("error", "retried"),
     [
-        (ForbiddenError(403), False),
+        (BadRequestError(400), False),
+        (ForbiddenError(403), True),  # kept: a fixed key makes it work
         (NotFoundError(404), True),
         (ServerError(503), True),
         (ValueError("handler bug"), True),
@@ -759,17 +774,25 @@ async def test_fetch_failures_are_retried_and_reported(
     assert on_message.calls == []
 
 
-async def test_a_wrong_key_is_not_retried(market: RunningServer, on_message: Recorder) -> None:
+async def test_a_refused_key_is_kept_retried_and_logged_loudly(
+    market: RunningServer, on_message: Recorder, caplog: pytest.LogCaptureFixture
+) -> None:
     async with (
         MarketChatClient(api_key="wrong", base_url=market.url, retry=FAST_RETRY) as client,
         running_app(client, on_message) as (http, receiver),
     ):
         assert (await post(http, message_sent()))[0] == 200
         await receiver.join()
+        [dead] = await receiver.queue.dead_letters()
     [failure] = receiver.failures
     assert isinstance(failure.error, ForbiddenError)
-    assert failure.attempts == 1
-    assert market.server.stats.requests == 1
+    assert failure.attempts == QUICK.attempts  # tried again, not dropped at the first 403
+    assert market.server.stats.requests == QUICK.attempts
+    assert parse_notification(json.loads(dead.body)) == parse_notification(message_sent())
+    loud = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
+    assert sum("refused the API key" in line for line in loud) == QUICK.attempts - 1
+    assert any(line.startswith("gave up: event=dead_letter") for line in loud)
+    assert not any("wrong" in r.getMessage() for r in caplog.records)  # the key never shows
 
 
 async def test_retry_backoff_holds_up_no_other_notification(
@@ -785,7 +808,7 @@ async def test_retry_backoff_holds_up_no_other_notification(
         while on_message.message_ids != [90]:  # 89 is waiting 30-60 s for its second try
             on_message.entered.clear()
             await on_message.entered.wait()
-        assert receiver.pending() == [parse_notification(message_sent())]
+        await eventually(lambda: receiver.health(), lambda h: h.backlog == 1 and not h.in_flight)
     # The app shut down with 89 still waiting: cancelled, reported, logged.
     assert receiver.unfinished == [parse_notification(message_sent())]
     assert receiver.state == "closed"
@@ -817,11 +840,11 @@ async def test_shutdown_drains_what_is_pending(
     monkeypatch.setattr(receiver, "close", spy)
     closing = asyncio.create_task(http.close())  # the app's cleanup drains the receiver
     await close_called.wait()
-    assert receiver.state == "closing"
-    late = receiver.receive(json.dumps(message_sent(message_id="4")).encode(), remote=None)
-    assert late.status == 500  # refused while draining: the Market retries elsewhere/later
+    assert receiver.state == "draining"
+    late = await receiver.receive(json.dumps(message_sent(message_id="4")).encode(), remote=None)
+    assert late.status == 503  # refused while draining: the Market retries elsewhere/later
     assert late.body["error"]["type"] == "UNKNOWN"
-    assert receiver.receive(b'{"notificationType": "PING"}', remote=None).status == 200
+    assert (await receiver.receive(b'{"notificationType": "PING"}', remote=None)).status == 200
     recorder.gate.set()
     await closing
     assert sorted(recorder.message_ids) == [1, 2, 3]
@@ -865,14 +888,15 @@ async def test_ping_is_fast_while_the_quota_holds_everything_back(
 async def test_receiver_without_aiohttp(client: MarketChatClient, on_message: Recorder) -> None:
     async with NotificationReceiver(client, on_message, allow_from=MARKET_NETWORKS) as receiver:
         body = json.dumps(message_sent()).encode()
-        assert receiver.receive(body, remote="8.8.8.8").status == 403
-        assert receiver.receive(body, remote="5.45.207.1").status == 200
-        assert receiver.receive(b" " * 70_000, remote="5.45.207.1").status == 413
+        assert (await receiver.receive(body, remote="8.8.8.8")).status == 403
+        assert (await receiver.receive(body, remote="5.45.207.1")).status == 200
+        assert (await receiver.receive(b" " * 70_000, remote="5.45.207.1")).status == 413
         await receiver.join()
     assert on_message.message_ids == [89]
 
 
-async def test_not_started_receiver_refuses_with_500(client: MarketChatClient) -> None:
+async def test_not_started_receiver_refuses_with_503(client: MarketChatClient) -> None:
     receiver = NotificationReceiver(client, Recorder(), allow_from=None)
-    assert receiver.receive(json.dumps(message_sent()).encode(), remote=None).status == 500
+    reply = await receiver.receive(json.dumps(message_sent()).encode(), remote=None)
+    assert reply.status == 503
     assert await receiver.close() == []

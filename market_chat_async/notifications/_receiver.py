@@ -1,0 +1,884 @@
+"""The receiver core, framework-neutral: answer a request, queue durably, deliver at least once.
+
+No aiohttp here: :meth:`NotificationReceiver.receive` turns (body, peer address) into a
+:class:`Reply`, and background workers take entries from the queue, fetch the message through
+the client and call your handlers. The guarantee, kept by :meth:`~NotificationReceiver.answer`
+and ``_deliver``: **a notification answered 200 is in the queue** (committed, for a durable
+backend) and is then handled, retried until ``retry.give_up_after``, or kept as a dead letter
+-- never dropped. A handler call is abandoned after ``handler_timeout`` seconds (and retried),
+so a stuck handler holds one slot for that long at most.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import inspect
+import json
+import logging
+import random
+import threading
+import time
+from collections import OrderedDict, deque
+from collections.abc import Awaitable, Callable, Iterable, Sequence
+from datetime import UTC, datetime
+from types import TracebackType
+from typing import Any, Final, Literal, Protocol, Self
+
+import attrs
+
+from market_chat_async._models import ChatMessage
+from market_chat_async._version import __version__
+
+from ._events import (
+    AnyNotification,
+    ChatCreated,
+    ChatMessageSent,
+    NotificationFormatError,
+    canonical_body,
+    decode_json,
+    key_text,
+    parse_notification,
+    short_error,
+)
+from ._queue import MemoryQueue, NotificationQueue, QueueEntry, QueueError, open_queue
+from ._retry import HandlerRetry, is_auth_error, retry_delay
+from ._sources import MARKET_NETWORKS, IPNetwork, NetworkSpec, client_address, in_any, networks
+
+logger = logging.getLogger("market_chat_async.notifications")
+
+DEFAULT_MAX_BODY_SIZE: Final = 64 * 1024
+"""Bodies larger than this (bytes) are refused with 413; a notification is a few hundred."""
+
+_MAX_NAME = 100  # SendNotificationResponse: version and name are 1..100 characters
+_FAILURES_KEPT = 1000
+_FETCHED_KEPT = 1000  # fetched messages kept across handler retries in this process
+_POLL = 0.5  # seconds between looks at the queue when nothing woke the workers
+
+
+class MessageSource(Protocol):
+    """What the receiver needs of a client: :class:`~market_chat_async.MarketChatClient` fits.
+
+    >>> from datetime import UTC, datetime
+    >>> from market_chat_async import Sender
+    >>> class Canned:  # stands in for the client in a test
+    ...     async def get_message(self, business_id, chat_id, message_id):
+    ...         return ChatMessage(message_id, datetime.now(UTC), Sender.CUSTOMER, "hello")
+    >>> def on_message(notification: ChatMessageSent, message: ChatMessage) -> None:
+    ...     print(message.message)
+    >>> receiver = NotificationReceiver(Canned(), on_message, allow_from=None)
+    """
+
+    async def get_message(self, business_id: int, chat_id: int, message_id: int) -> ChatMessage:
+        """Fetch one chat message."""
+        ...
+
+
+MessageHandler = Callable[[ChatMessageSent, ChatMessage], Awaitable[object] | object]
+"""``async def on_message(notification, message)``, or a plain ``def`` (run in a thread)."""
+ChatCreatedHandler = Callable[[ChatCreated], Awaitable[object] | object]
+"""``async def on_chat_created(notification: ChatCreated)``, or a plain ``def``."""
+NotificationHandler = Callable[[AnyNotification], Awaitable[object] | object]
+"""``async def on_notification(notification)`` (every type but PING), or a plain ``def``."""
+
+
+def _positive_int(name: str) -> Callable[[Any, Any, Any], None]:
+    def check(_: Any, __: Any, value: Any) -> None:
+        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+            raise ValueError(f"{name} must be an int of at least 1, got {value!r}")
+
+    return check
+
+
+def _seconds(name: str, *, zero: bool = False) -> Callable[[Any, Any, Any], None]:
+    def check(_: Any, __: Any, value: Any) -> None:
+        ok = isinstance(value, int | float) and not isinstance(value, bool)
+        if not ok or not (value >= 0 if zero else value > 0):
+            raise ValueError(f"{name} must be {'>= 0' if zero else '> 0'} seconds, got {value!r}")
+
+    return check
+
+
+def _text(name: str) -> Callable[[Any, Any, Any], None]:
+    def check(_: Any, __: Any, value: Any) -> None:
+        if not isinstance(value, str) or not 1 <= len(value) <= _MAX_NAME:
+            raise ValueError(f"{name} must be a string of 1 to {_MAX_NAME} characters")
+
+    return check
+
+
+def _allow(value: NetworkSpec | Iterable[NetworkSpec] | None) -> tuple[IPNetwork, ...] | None:
+    return None if value is None else networks("allow_from", value)
+
+
+def _proxies(value: NetworkSpec | Iterable[NetworkSpec]) -> tuple[IPNetwork, ...]:
+    return networks("trusted_proxies", value)
+
+
+@attrs.frozen(kw_only=True)
+class ReceiverOptions:
+    """Every option of the receiver and its app, in one place, validated when built.
+
+    ``name`` and ``version`` go into every 200 answer. ``allow_from`` lists the networks that
+    may post (``None`` allows everyone), ``trusted_proxies`` the reverse proxies whose
+    ``X-Forwarded-For`` is believed. ``path`` is the route. Bodies over ``max_body_size``
+    get 413. Beyond ``max_pending`` queued notifications the answer is 500 (the Market
+    retries later). ``concurrency`` notifications are worked on at once; a handler call is
+    abandoned after ``handler_timeout`` seconds; failures are retried per ``retry``. On
+    shutdown, work goes on for ``drain_timeout`` seconds. ``GET /health`` answers 503 when
+    the oldest pending notification is older than ``health_max_age`` seconds. A connection
+    must deliver a request's headers within ``header_timeout`` seconds and its body within
+    ``body_timeout``; at most ``max_connections`` are open (at the cap, the oldest idle one is
+    closed for a new one). ``seed`` fixes the retry jitter.
+
+    >>> ReceiverOptions(name="my-shop").concurrency
+    4
+    >>> ReceiverOptions(concurrency=0)
+    Traceback (most recent call last):
+    ValueError: concurrency must be an int of at least 1, got 0
+    """
+
+    name: str = attrs.field(default="market-chat-async", validator=_text("name"))
+    version: str = attrs.field(default=__version__, validator=_text("version"))
+    allow_from: tuple[IPNetwork, ...] | None = attrs.field(
+        default=MARKET_NETWORKS, converter=_allow
+    )
+    trusted_proxies: tuple[IPNetwork, ...] = attrs.field(default=(), converter=_proxies)
+    path: str = "/notification"
+    max_body_size: int = attrs.field(
+        default=DEFAULT_MAX_BODY_SIZE, validator=_positive_int("max_body_size")
+    )
+    max_pending: int = attrs.field(default=100_000, validator=_positive_int("max_pending"))
+    concurrency: int = attrs.field(default=4, validator=_positive_int("concurrency"))
+    handler_timeout: float = attrs.field(default=60.0, validator=_seconds("handler_timeout"))
+    retry: HandlerRetry = attrs.field(factory=HandlerRetry)
+    drain_timeout: float = attrs.field(default=30.0, validator=_seconds("drain_timeout", zero=True))
+    health_max_age: float = attrs.field(default=600.0, validator=_seconds("health_max_age"))
+    header_timeout: float = attrs.field(default=10.0, validator=_seconds("header_timeout"))
+    body_timeout: float = attrs.field(default=10.0, validator=_seconds("body_timeout"))
+    max_connections: int = attrs.field(default=1000, validator=_positive_int("max_connections"))
+    seed: int | None = None
+
+    def replace(self, **changes: Any) -> ReceiverOptions:
+        """A copy with some options changed; an unknown name is a :class:`TypeError`.
+
+        >>> ReceiverOptions().replace(name="my-shop", concurrency=8).concurrency
+        8
+        """
+        known = {field.name for field in attrs.fields(ReceiverOptions)}
+        unknown = sorted(set(changes) - known)
+        if unknown:
+            raise TypeError(f"unknown receiver option(s): {', '.join(unknown)}")
+        if changes.get("retry", self.retry) is None:
+            changes["retry"] = HandlerRetry()
+        return attrs.evolve(self, **changes)
+
+
+@attrs.frozen
+class Reply:
+    """An HTTP answer to the Market: status and JSON body.
+
+    >>> error = Reply.error(400, "WRONG_EVENT_FORMAT", "chatId is required").body["error"]
+    >>> error["type"]
+    'WRONG_EVENT_FORMAT'
+    """
+
+    status: int
+    body: dict[str, Any]
+
+    @classmethod
+    def error(cls, status: int, kind: str, message: str) -> Reply:
+        """The documented error body, ``{"error": {"type": ..., "message": ...}}``."""
+        return cls(status, {"error": {"type": kind, "message": message}})
+
+
+@attrs.frozen
+class Failure:
+    """A notification given up on (now a dead letter): what, where, the last error, how often.
+
+    ``stage`` is ``"fetch"``, ``"on_message"``, ``"on_chat_created"``, ``"on_notification"``
+    or ``"parse"``.
+
+    >>> from market_chat_async.notifications import Notification
+    >>> Failure(Notification("ORDER_CREATED", {}), "on_notification", RuntimeError("x"), 3).stage
+    'on_notification'
+    """
+
+    notification: AnyNotification | None
+    stage: str
+    error: BaseException
+    attempts: int
+
+
+@attrs.frozen
+class ReceiverStats:
+    """Counters of a receiver since it started (PINGs and refused requests are not counted).
+
+    ``accepted`` notifications were queued; ``handled`` were delivered to the handlers;
+    ``failed`` were given up (dead letters); ``pending`` are being worked on right now;
+    ``duplicates`` and ``ignored`` (no handler for the type) were acknowledged only; ``busy``
+    were refused (500 when the queue was full or failed, 503 while stopping);
+    ``attempt_failures`` counts every failed or timed-out try, ``abandoned`` the handler calls
+    left running past ``handler_timeout``.
+
+    >>> ReceiverStats(accepted=2, handled=1, failed=0, pending=1, duplicates=1, ignored=0,
+    ...               busy=0).pending
+    1
+    """
+
+    accepted: int
+    handled: int
+    failed: int
+    pending: int
+    duplicates: int
+    ignored: int
+    busy: int
+    attempt_failures: int = 0
+    abandoned: int = 0
+
+
+@attrs.frozen
+class Health:
+    """What ``GET /health`` reports; ``ok`` is whether it answers 200 (else 503).
+
+    ``ok`` needs the receiver running and the oldest pending notification no older than
+    ``health_max_age``. Ages are in seconds.
+
+    >>> Health(ok=True, state="running", backlog=0, oldest_pending_age=None, dead_letters=0,
+    ...        handler_failures=0, in_flight=0).as_json()["backlog"]
+    0
+    """
+
+    ok: bool
+    state: str
+    backlog: int
+    oldest_pending_age: float | None
+    dead_letters: int
+    handler_failures: int
+    in_flight: int
+    abandoned: int = 0
+    problem: str = ""
+
+    def as_json(self) -> dict[str, Any]:
+        """The JSON body of ``GET /health``."""
+        return attrs.asdict(self)
+
+
+class HandlerTimeoutError(TimeoutError):
+    """A handler call did not finish within ``handler_timeout``: it was abandoned, and the
+    notification is tried again later.
+
+    >>> str(HandlerTimeoutError("on_message", 60.0))
+    'on_message did not finish within 60.0 s (abandoned; will be retried)'
+    """
+
+    def __init__(self, stage: str, seconds: float) -> None:
+        super().__init__(f"{stage} did not finish within {seconds} s (abandoned; will be retried)")
+        self.stage = stage
+        self.seconds = seconds
+
+
+Outcome = Literal["queued", "duplicate", "ignored", "busy"]
+"""What :meth:`NotificationReceiver.submit` did with a notification."""
+_State = Literal["new", "running", "draining", "closed"]
+
+
+def _handler_kind(label: str, hook: object, arity: int) -> bool:
+    """Whether ``hook`` is async; a clear :class:`TypeError` when it cannot be a handler."""
+    if not callable(hook):
+        raise TypeError(f"{label} must be a function (async or plain), not {type(hook).__name__}")
+    call = getattr(hook, "__call__", None)  # noqa: B004 - objects with an async __call__
+    target: Any = hook if inspect.isfunction(hook) or inspect.ismethod(hook) else call
+    if inspect.isasyncgenfunction(hook) or inspect.isasyncgenfunction(target):
+        raise TypeError(f"{label} is an async generator; give an async or plain function")
+    if inspect.isgeneratorfunction(hook) or inspect.isgeneratorfunction(target):
+        raise TypeError(f"{label} is a generator; give an async or plain function")
+    try:
+        inspect.signature(hook).bind(*([None] * arity))
+    except TypeError:
+        raise TypeError(
+            f"{label} must take {arity} positional argument(s): "
+            + ("(notification, message)" if arity == 2 else "(notification)")
+        ) from None
+    except ValueError:  # no signature to inspect (some builtins): trust it
+        pass
+    return inspect.iscoroutinefunction(hook) or inspect.iscoroutinefunction(target)
+
+
+def _in_thread(call: Callable[[], object]) -> asyncio.Future[object]:
+    """Run a plain handler on a thread of its own; abandoning it never blocks a pool."""
+    loop = asyncio.get_running_loop()
+    future: asyncio.Future[object] = loop.create_future()
+
+    def settle(ok: bool, value: Any) -> None:
+        if not future.done():
+            if ok:
+                future.set_result(value)
+            else:
+                future.set_exception(value)
+
+    def run() -> None:
+        try:
+            result = (True, call())
+        except BaseException as exc:  # handed to the loop, never lost in the thread
+            result = (False, exc)
+        with contextlib.suppress(RuntimeError):  # the loop is gone: nobody waits any more
+            loop.call_soon_threadsafe(settle, *result)
+
+    threading.Thread(target=run, name="notification-handler", daemon=True).start()
+    return future
+
+
+class NotificationReceiver:
+    """Queue notifications durably, then fetch their messages and run your handlers.
+
+    :func:`~market_chat_async.notifications.create_app` builds one and mounts it (it is
+    ``app[RECEIVER]`` there). Use it directly to serve notifications from another framework:
+    ``async with receiver:`` opens the queue and starts the workers, and on exit drains
+    them; ``await receiver.receive(...)`` answers one request. ``options`` is a
+    :class:`ReceiverOptions` (keyword overrides are applied to it); ``queue`` a queue URL or
+    object (default ``"memory"``: **lost on a crash**; see :func:`open_queue`).
+
+    >>> async def on_message(notification: ChatMessageSent, message: ChatMessage) -> None:
+    ...     print(message.message)
+    >>> async def main(client: MessageSource) -> None:
+    ...     async with NotificationReceiver(client, on_message, allow_from=None) as receiver:
+    ...         reply = await receiver.receive(b'{"notificationType": "PING"}', remote=None)
+    ...         assert reply.status == 200
+    """
+
+    def __init__(
+        self,
+        client: MessageSource,
+        on_message: MessageHandler,
+        options: ReceiverOptions | None = None,
+        *,
+        queue: str | NotificationQueue | None = None,
+        on_chat_created: ChatCreatedHandler | None = None,
+        on_notification: NotificationHandler | None = None,
+        **overrides: Any,
+    ) -> None:
+        base = options if options is not None else ReceiverOptions()
+        if not isinstance(base, ReceiverOptions):
+            raise TypeError(f"options must be ReceiverOptions, not {type(base).__name__}")
+        self.options = base.replace(**overrides) if overrides else base
+        self._async = {"on_message": _handler_kind("on_message", on_message, 2)}
+        for label, hook in (
+            ("on_chat_created", on_chat_created),
+            ("on_notification", on_notification),
+        ):
+            if hook is not None:
+                self._async[label] = _handler_kind(label, hook, 1)
+        self.client = client
+        self.on_message = on_message
+        self.on_chat_created = on_chat_created
+        self.on_notification = on_notification
+        self.queue = open_queue(queue if queue is not None else MemoryQueue())
+        self.failures: deque[Failure] = deque(maxlen=_FAILURES_KEPT)
+        """The last 1,000 notifications given up on (they are dead letters in the queue)."""
+        self.unfinished: list[AnyNotification] = []
+        """What the last :meth:`close` left unhandled in a non-durable queue (lost)."""
+        self._rng = random.Random(self.options.seed)
+        self._state: _State = "new"
+        self._in_flight: dict[str, tuple[QueueEntry, asyncio.Task[None]]] = {}
+        self._fetched: OrderedDict[str, ChatMessage] = OrderedDict()
+        self._wake = asyncio.Event()
+        self._quiet = asyncio.Event()  # nothing due, nothing in flight
+        self._empty = asyncio.Event()  # and nothing waiting for a later try either
+        self._closed = asyncio.Event()
+        self._workers: list[asyncio.Task[None]] = []
+        self._backlog = 0  # the queue's backlog as last seen; checked against max_pending
+        self._clock_anchor: tuple[float, float] | None = None
+        self._counts = dict.fromkeys(
+            (
+                "accepted", "handled", "failed", "dup", "ignored", "busy", "attempt_failures",
+                "abandoned",
+            ),
+            0,
+        )  # fmt: skip
+
+    def __repr__(self) -> str:
+        return (
+            f"<NotificationReceiver {self.name!r} {self._state}, {len(self._in_flight)} in "
+            f"flight, {self._counts['failed']} failed>"
+        )
+
+    # the options most callers read, by their old names
+    name = property(lambda self: self.options.name, doc="The name in every 200 answer.")
+    version = property(lambda self: self.options.version, doc="The version in every 200.")
+    allow_from = property(lambda self: self.options.allow_from, doc="Networks that may post.")
+    trusted_proxies = property(lambda self: self.options.trusted_proxies, doc="Trusted proxies.")
+    max_body_size = property(lambda self: self.options.max_body_size, doc="413 above this.")
+
+    @property
+    def state(self) -> _State:
+        """``"new"``, ``"running"`` after :meth:`start`, ``"draining"`` while stopping,
+        ``"closed"``."""
+        return self._state
+
+    def now(self) -> float:
+        """Seconds since the epoch, advancing with the event loop's clock (so a virtual clock
+        in tests moves the queue's times too)."""
+        loop_now = asyncio.get_running_loop().time()
+        if self._clock_anchor is None:
+            self._clock_anchor = (time.time(), loop_now)
+        wall, loop_then = self._clock_anchor
+        return wall + (loop_now - loop_then)
+
+    # -- lifecycle -------------------------------------------------------------------------
+
+    async def __aenter__(self) -> Self:
+        await self.start()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.close()
+
+    async def start(self) -> None:
+        """Open the queue and start the workers (entries left by an earlier run are due)."""
+        if self._state != "new":
+            raise RuntimeError(f"a receiver starts once; this one is {self._state}")
+        await self.queue.open()
+        if not self.queue.durable:
+            logger.warning(
+                "notifications are queued in memory: what is queued is lost if this process "
+                "crashes or is killed; pass queue='sqlite:///queue.db' (or redis://) to keep it"
+            )
+        self._backlog = (await self.queue.stats()).backlog
+        self._state = "running"
+        self._workers = [
+            asyncio.get_running_loop().create_task(self._dispatch(), name="notification queue")
+        ]
+        if getattr(self.queue, "visibility_timeout", None):
+            self._workers.append(asyncio.get_running_loop().create_task(self._renew()))
+        logger.debug("receiver %r started on %r", self.name, self.queue)
+
+    def stop_accepting(self) -> None:
+        """Answer new notifications 503 from now on (the Market retries later); keep working."""
+        if self._state == "running":
+            self._state = "draining"
+            self._wake.set()
+            logger.info("no longer accepting notifications; draining")
+
+    async def close(self, drain_timeout: float | None = None) -> list[AnyNotification]:
+        """Stop accepting, keep working up to ``drain_timeout`` seconds (the option's by
+        default) until nothing is due, then stop the workers.
+
+        Whatever is not finished stays in a durable queue for the next start. In a memory
+        queue it is lost: logged at error level, one notification per line, kept in
+        :attr:`unfinished` and returned.
+        """
+        if self._state in ("new", "closed"):
+            self._state = "closed"
+            return list(self.unfinished)
+        if self._closed.is_set() or getattr(self, "_closing", False):
+            await self._closed.wait()
+            return list(self.unfinished)
+        self._closing = True
+        grace = self.options.drain_timeout if drain_timeout is None else drain_timeout
+        self.stop_accepting()
+        try:
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(grace):
+                    self._quiet.clear()
+                    self._wake.set()
+                    await self._quiet.wait()
+        finally:
+            await self._shut_down()
+        return list(self.unfinished)
+
+    async def _shut_down(self) -> None:
+        self._state = "closed"
+        left = [entry for entry, _ in self._in_flight.values()]
+        tasks = [*self._workers, *(task for _, task in self._in_flight.values())]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        self._in_flight.clear()
+        if not self.queue.durable:
+            left += await self.queue.claim(10**9, float("inf"))
+            self.unfinished = [n for n in map(_parse_entry, left) if n is not None]
+            for notification in self.unfinished:
+                logger.error(
+                    "shutdown: lost (memory queue, not handled within drain_timeout=%s s): %r",
+                    self.options.drain_timeout,
+                    notification,
+                )
+        elif left:
+            logger.info(
+                "shutdown: %d notification(s) left in the queue for the next start", len(left)
+            )
+        with contextlib.suppress(QueueError):
+            await self.queue.close()
+        self._closed.set()
+
+    async def join(self) -> None:
+        """Wait until the queue holds nothing but dead letters (for tests and hand-offs).
+
+        Entries waiting for a later try are waited for too.
+        """
+        if self._state not in ("running", "draining"):
+            return
+        self._empty.clear()
+        self._wake.set()
+        await self._empty.wait()
+
+    def pending(self) -> list[AnyNotification]:
+        """The notifications this process is working on right now."""
+        found = (_parse_entry(entry) for entry, _ in self._in_flight.values())
+        return [n for n in found if n is not None]
+
+    def stats(self) -> ReceiverStats:
+        """A snapshot of the counters."""
+        c = self._counts
+        return ReceiverStats(
+            accepted=c["accepted"],
+            handled=c["handled"],
+            failed=c["failed"],
+            pending=len(self._in_flight),
+            duplicates=c["dup"],
+            ignored=c["ignored"],
+            busy=c["busy"],
+            attempt_failures=c["attempt_failures"],
+            abandoned=c["abandoned"],
+        )
+
+    async def health(self) -> Health:
+        """Backlog, oldest pending age, dead letters, failures; ``ok`` as ``GET /health``."""
+        problem = "" if self._state == "running" else f"receiver is {self._state}"
+        try:
+            stats = await self.queue.stats()
+        except (QueueError, RuntimeError) as exc:
+            return Health(
+                False, self._state, -1, None, -1, self._counts["attempt_failures"],
+                len(self._in_flight), self._counts["abandoned"], f"queue: {short_error(exc)}",
+            )  # fmt: skip
+        age = None if stats.oldest_received_at is None else self.now() - stats.oldest_received_at
+        if not problem and age is not None and age > self.options.health_max_age:
+            problem = f"oldest pending notification is {age:.0f} s old"
+        return Health(
+            not problem, self._state, stats.backlog, age, stats.dead_letters,
+            self._counts["attempt_failures"], len(self._in_flight), self._counts["abandoned"],
+            problem,
+        )  # fmt: skip
+
+    # -- the HTTP answer, framework-neutral ------------------------------------------------
+
+    async def receive(
+        self, body: bytes, *, remote: str | None, forwarded_for: Sequence[str] = ()
+    ) -> Reply:
+        """Answer one ``POST /notification``: check source, size and format, queue durably.
+
+        ``remote`` is the direct peer's address, ``forwarded_for`` the values of every
+        ``X-Forwarded-For`` header (believed only when ``remote`` is a trusted proxy). Never
+        raises for anything in the request.
+        """
+        refused = self.check_source(remote, forwarded_for)
+        if refused is not None:
+            return refused
+        if len(body) > self.options.max_body_size:
+            return self.too_large()
+        return await self.answer(body)
+
+    def check_source(self, remote: str | None, forwarded_for: Sequence[str] = ()) -> Reply | None:
+        """``None`` if the request may come from there, else the 403 to answer."""
+        allow = self.options.allow_from
+        if allow is None:
+            return None
+        addr = client_address(remote, forwarded_for, self.options.trusted_proxies)
+        if addr is not None and in_any(addr, allow):
+            return None
+        logger.warning("refused a notification from %s (peer %s): not in allow_from", addr, remote)
+        return Reply.error(403, "UNKNOWN", "this source address may not send notifications")
+
+    async def answer(self, body: bytes) -> Reply:
+        """The reply to a body whose source and size were already checked."""
+        try:
+            data = decode_json(body)
+            notification = parse_notification(data)
+        except NotificationFormatError as exc:
+            logger.warning("refused a malformed notification: %s", short_error(exc))
+            return Reply.error(400, "WRONG_EVENT_FORMAT", short_error(exc, 500))
+        if notification.type == "PING":
+            return self.ok()
+        assert isinstance(data, dict)
+        outcome = await self.submit(notification, canonical_body(data))
+        if outcome == "busy":
+            if self._state != "running":
+                return Reply.error(503, "UNKNOWN", "the receiver is stopping; retry later")
+            return Reply.error(500, "UNKNOWN", "the receiver cannot take this now; retry later")
+        return self.ok()
+
+    async def submit(self, notification: AnyNotification, body: bytes | None = None) -> Outcome:
+        """Queue a parsed notification durably (``body``: its JSON; rebuilt if not given).
+
+        ``"queued"`` (committed); ``"duplicate"`` (seen within the dedup window: acknowledged
+        only); ``"ignored"`` (no handler for its type, or a PING); ``"busy"`` (not running,
+        ``max_pending`` reached, or the write failed: answer 500/503 so the Market retries).
+        """
+        if not self._wanted(notification):
+            self._counts["ignored"] += 1
+            logger.debug("ignored %s notification (no handler for it)", notification.type)
+            return "ignored"
+        if self._state != "running" or self._backlog >= self.options.max_pending:
+            self._counts["busy"] += 1
+            logger.warning(
+                "refused %r: receiver %s, backlog %d (max_pending=%d)",
+                notification, self._state, self._backlog, self.options.max_pending,
+            )  # fmt: skip
+            return "busy"
+        if body is None:
+            body = canonical_body(_raw(notification))
+        try:
+            queued = await self.queue.put(key_text(notification), body, self.now())
+        except QueueError as exc:
+            self._counts["busy"] += 1
+            logger.error("could not queue %r, answered 500: %s", notification, short_error(exc))
+            return "busy"
+        if not queued:
+            self._counts["dup"] += 1
+            logger.debug("duplicate acknowledged, not handled again: %r", notification)
+            return "duplicate"
+        self._counts["accepted"] += 1
+        self._backlog += 1
+        self._wake.set()
+        logger.debug("queued %r", notification)
+        return "queued"
+
+    def _wanted(self, notification: AnyNotification) -> bool:
+        if notification.type == "PING":
+            return False
+        if self.on_notification is not None or isinstance(notification, ChatMessageSent):
+            return True
+        return isinstance(notification, ChatCreated) and self.on_chat_created is not None
+
+    def ok(self) -> Reply:
+        """The 200 answer: ``{"version", "name", "time"}``."""
+        now = datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+        return Reply(200, {"version": self.version, "name": self.name, "time": now})
+
+    def too_large(self) -> Reply:
+        """The 413 answer."""
+        logger.warning("refused a notification larger than %d bytes", self.max_body_size)
+        return Reply.error(
+            413, "WRONG_EVENT_FORMAT", f"the body is larger than {self.max_body_size} bytes"
+        )
+
+    # -- the background --------------------------------------------------------------------
+
+    async def _dispatch(self) -> None:
+        """Claim due entries while there are free slots; each runs in a task of its own."""
+        while True:
+            free = self.options.concurrency - len(self._in_flight)
+            entries: list[QueueEntry] = []
+            if free > 0:
+                try:
+                    entries = await self.queue.claim(free, self.now())
+                except QueueError as exc:
+                    logger.error("cannot read the queue (will try again): %s", short_error(exc))
+            for entry in entries:
+                task = asyncio.get_running_loop().create_task(
+                    self._deliver(entry), name=f"notification {entry.id}"
+                )
+                self._in_flight[entry.id] = (entry, task)
+            if entries:
+                continue
+            if not self._in_flight:
+                with contextlib.suppress(QueueError):
+                    self._backlog = (await self.queue.stats()).backlog
+                    if self._backlog == 0:
+                        self._empty.set()
+                self._quiet.set()
+            self._wake.clear()
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(_POLL):
+                    await self._wake.wait()
+
+    async def _renew(self) -> None:
+        """Keep the leases of what is in flight (a shared queue's visibility timeout)."""
+        every = float(getattr(self.queue, "visibility_timeout", 300.0)) / 3
+        while True:
+            await asyncio.sleep(every)
+            try:
+                await self.queue.extend([entry for entry, _ in self._in_flight.values()])
+            except QueueError as exc:
+                logger.error("cannot renew leases: %s", short_error(exc))
+
+    async def _deliver(self, entry: QueueEntry) -> None:
+        try:
+            await self._deliver_once(entry)
+        except QueueError as exc:
+            logger.error("queue failed while finishing entry %s: %s", entry.id, short_error(exc))
+        finally:
+            self._in_flight.pop(entry.id, None)
+            self._wake.set()
+
+    async def _deliver_once(self, entry: QueueEntry) -> None:
+        notification = _parse_entry(entry)
+        if notification is None:
+            error: BaseException = ValueError("the stored body is not a notification")
+            await self._give_up(entry, None, "parse", error, entry.attempts + 1)
+            return
+        done = set(entry.done)
+        errors: list[tuple[str, BaseException]] = []
+        if self.on_notification is not None and "on_notification" not in done:
+            await self._stage(done, errors, "on_notification", self.on_notification, notification)
+        if isinstance(notification, ChatMessageSent) and "on_message" not in done:
+            message = await self._fetch(entry, notification, errors)
+            if message is not None:
+                await self._stage(
+                    done, errors, "on_message", self.on_message, notification, message
+                )
+        if (
+            isinstance(notification, ChatCreated)
+            and self.on_chat_created is not None
+            and "on_chat_created" not in done
+        ):
+            await self._stage(done, errors, "on_chat_created", self.on_chat_created, notification)
+        if not errors:
+            await self.queue.ack(entry)
+            self._fetched.pop(entry.id, None)
+            self._counts["handled"] += 1
+            self._backlog = max(0, self._backlog - 1)
+            return
+        stage, error = errors[-1]
+        attempts = entry.attempts + 1
+        self._counts["attempt_failures"] += 1
+        updated = attrs.evolve(
+            entry,
+            attempts=attempts,
+            done=tuple(sorted(done)),
+            last_error=f"{stage}: {short_error(error)}",
+        )
+        delay = retry_delay(
+            self.options.retry, error, attempts, self._rng, self.now() - entry.received_at
+        )
+        if delay is None:
+            await self._give_up(updated, notification, stage, error, attempts)
+            return
+        await self.queue.retry_later(updated, self.now() + delay)
+        level = logging.ERROR if is_auth_error(error) else logging.WARNING
+        logger.log(
+            level,
+            "%s failed (attempt %d: %s)%s; kept, retry in %.1f s: %r",
+            stage, attempts, short_error(error),
+            " -- the Market refused the API key: fix it, nothing is dropped meanwhile"
+            if is_auth_error(error) else "",
+            delay, notification,
+        )  # fmt: skip
+
+    async def _fetch(
+        self,
+        entry: QueueEntry,
+        n: ChatMessageSent,
+        errors: list[tuple[str, BaseException]],
+    ) -> ChatMessage | None:
+        message = self._fetched.get(entry.id)
+        if message is not None:
+            return message
+        try:
+            message = await self.client.get_message(n.business_id, n.chat_id, n.message_id)
+        except Exception as exc:
+            errors.append(("fetch", exc))
+            return None
+        self._fetched[entry.id] = message
+        while len(self._fetched) > _FETCHED_KEPT:
+            self._fetched.popitem(last=False)
+        return message
+
+    async def _stage(
+        self,
+        done: set[str],
+        errors: list[tuple[str, BaseException]],
+        stage: str,
+        hook: Callable[..., object],
+        *args: object,
+    ) -> None:
+        """Run one handler within ``handler_timeout``; a stuck one is abandoned, not awaited."""
+        loop = asyncio.get_running_loop()
+        waiter: asyncio.Future[object]
+        if self._async[stage]:
+            waiter = loop.create_task(_awaited(hook, *args), name=f"{stage} handler")
+        else:
+            waiter = _in_thread(lambda: hook(*args))
+        try:
+            finished, _ = await asyncio.wait({waiter}, timeout=self.options.handler_timeout)
+        except asyncio.CancelledError:
+            waiter.cancel()
+            raise
+        if not finished:
+            waiter.cancel()  # a thread cannot be stopped: it is left to finish on its own
+            self._counts["abandoned"] += 1
+            errors.append((stage, HandlerTimeoutError(stage, self.options.handler_timeout)))
+            return
+        try:
+            result = waiter.result()
+            if inspect.isawaitable(result):  # a plain function that returned a coroutine
+                async with asyncio.timeout(self.options.handler_timeout):
+                    await result
+        except Exception as exc:
+            errors.append((stage, exc))
+        else:
+            done.add(stage)
+
+    async def _give_up(
+        self,
+        entry: QueueEntry,
+        notification: AnyNotification | None,
+        stage: str,
+        error: BaseException,
+        attempts: int,
+    ) -> None:
+        await self.queue.bury(entry, self.now())
+        self._counts["failed"] += 1
+        self._backlog = max(0, self._backlog - 1)
+        self._fetched.pop(entry.id, None)
+        self.failures.append(Failure(notification, stage, error, attempts))
+        age = self.now() - entry.received_at
+        logger.error(
+            "gave up: event=dead_letter entry=%s key=%s stage=%s attempts=%d age_s=%.0f "
+            "error=%s notification=%r",
+            entry.id, entry.key, stage, attempts, age, json.dumps(short_error(error)),
+            notification,
+            exc_info=error,
+            extra={
+                "event": "dead_letter", "entry_id": entry.id, "dedup_key": entry.key,
+                "stage": stage, "attempts": attempts, "age_s": age,
+            },
+        )  # fmt: skip
+
+
+async def _awaited(hook: Callable[..., object], *args: object) -> object:
+    return await hook(*args)  # type: ignore[misc]
+
+
+def _parse_entry(entry: QueueEntry) -> AnyNotification | None:
+    try:
+        return parse_notification(json.loads(entry.body))
+    except (ValueError, NotificationFormatError):
+        return None
+
+
+def _raw(notification: AnyNotification) -> dict[str, Any]:
+    """The JSON of a notification built in Python (for :meth:`~NotificationReceiver.submit`)."""
+    if isinstance(notification, ChatMessageSent):
+        return {
+            "notificationType": notification.type,
+            "businessId": notification.business_id,
+            "chatId": notification.chat_id,
+            "messageId": str(notification.message_id),
+            "sentAt": notification.sent_at.isoformat(),
+        }
+    if isinstance(notification, ChatCreated):
+        return {
+            "notificationType": notification.type,
+            "businessId": notification.business_id,
+            "chatId": notification.chat_id,
+            "createdAt": notification.created_at.isoformat(),
+        }
+    return dict(notification.raw)
