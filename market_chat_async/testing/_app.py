@@ -404,8 +404,8 @@ async def _handle(
     server._observe(business_id, limits)
     try:
         response = await _admitted(exchange, business_id, read, act)
-        if response.prepared:
-            return response
+        if request.transport is None or request.transport.is_closing():
+            return response  # dropped: aiohttp finds the transport closing, nothing is sent
         with contextlib.suppress(ConnectionError):  # the client has gone: aiohttp sees it too
             await response.prepare(request)
             await response.write_eof()
