@@ -33,8 +33,16 @@ The package, one module per concern: :mod:`.parser` (the parser and the list of 
 
 from .inputs import parse_id
 from .main import main
-from .options import API_KEY_ENV
+from .options import API_KEY_ENV, BASE_URL_ENV
 from .outputs import json_line, message_record
 from .parser import build_parser
 
-__all__ = ["API_KEY_ENV", "build_parser", "json_line", "main", "message_record", "parse_id"]
+__all__ = [
+    "API_KEY_ENV",
+    "BASE_URL_ENV",
+    "build_parser",
+    "json_line",
+    "main",
+    "message_record",
+    "parse_id",
+]

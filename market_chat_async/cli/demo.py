@@ -7,8 +7,6 @@ import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Final
 
-from market_chat_async import Quota
-
 from .fetch import fetch
 from .outputs import errors_path
 from .status import FAILED, OK
@@ -17,11 +15,12 @@ if TYPE_CHECKING:
     from .options import SharedOptions, Subparsers
     from .progress import Console
 
-__all__ = ["DEMO_BUSINESS", "DEMO_KEY", "DEMO_QUOTA", "add_parser", "demo", "run"]
+__all__ = ["DEMO_BUSINESS", "DEMO_KEY", "DEMO_LIMIT", "DEMO_PERIOD", "add_parser", "demo", "run"]
 
 DEMO_BUSINESS: Final = 12345
 DEMO_KEY: Final = "test-api-key"
-DEMO_QUOTA: Final = Quota(limit=20, period=1.5)
+DEMO_LIMIT: Final = 20
+DEMO_PERIOD: Final = 1.5
 
 
 def add_parser(commands: Subparsers, shared: SharedOptions) -> argparse.ArgumentParser:
@@ -50,10 +49,11 @@ async def run(args: argparse.Namespace, console: Console) -> int:
 
 async def demo(output: Path | None, console: Console) -> int:
     """The demo itself; 0 when the fetch wrote what it should."""
-    from market_chat_async import MarketChatClient
+    from market_chat_async import MarketChatClient, Quota
     from market_chat_async.testing import MarketTestServer
     from market_chat_async.testing import serve as serve_market
 
+    quota = Quota(limit=DEMO_LIMIT, period=DEMO_PERIOD)
     folder = output.parent if output is not None else Path(tempfile.mkdtemp(prefix="market-chat-"))
     folder.mkdir(parents=True, exist_ok=True)
     messages = output or folder / "messages.jsonl"
@@ -62,23 +62,19 @@ async def demo(output: Path | None, console: Console) -> int:
     rows = [f"{chat},{message}" for chat in range(1, 5) for message in range(1, 11)]
     rows[5:5] = ["1,3", "2,zero", "4,404"]  # a repeat, a bad row, an unknown message
     ids.write_text("chat_id,message_id\n" + "\n".join(rows) + "\n")
-    server = MarketTestServer(
-        quota=DEMO_QUOTA.limit, period=DEMO_QUOTA.period, max_parallel=4, latency=0.02
-    )
+    server = MarketTestServer(quota=quota.limit, period=quota.period, max_parallel=4, latency=0.02)
     server.not_found.add((DEMO_BUSINESS, 4, 404))
     async with serve_market(server, host="127.0.0.1", port=0) as running:
         console.info(
             f"A Market test server is running at {running.url} (key {DEMO_KEY!r}, quota "
-            f"{DEMO_QUOTA.limit} requests/{DEMO_QUOTA.period:g} s, 4 in flight).\n"
+            f"{quota.limit} requests/{quota.period:g} s, 4 in flight).\n"
             f"{ids} has {len(rows)} rows: 1 repeated pair, 1 bad row and 1 unknown message, "
             "on purpose.\nRunning the equivalent of:\n"
             f"  market-chat fetch --base-url {running.url} --quota "
-            f"{DEMO_QUOTA.limit}/{DEMO_QUOTA.period:g} --business-id {DEMO_BUSINESS} \\\n"
+            f"{quota.limit}/{quota.period:g} --business-id {DEMO_BUSINESS} \\\n"
             f"      --input {ids} --output {messages}\n"
         )
-        async with MarketChatClient(
-            api_key=DEMO_KEY, base_url=running.url, quota=DEMO_QUOTA
-        ) as client:
+        async with MarketChatClient(api_key=DEMO_KEY, base_url=running.url, quota=quota) as client:
             await fetch(client, DEMO_BUSINESS, ids, messages, errors, console, every=1.0)
     lines = messages.read_text(encoding="utf-8").splitlines()
     error_lines = errors.read_text(encoding="utf-8").splitlines() if errors.exists() else []

@@ -79,18 +79,20 @@ def input_format(path: Path) -> str:
     return "csv"
 
 
-def read_rows(path: Path) -> Iterator[Row]:
+def read_rows(path: Path, *, name: str | None = None) -> Iterator[Row]:
     """The rows of an input file, blank lines skipped; raises :class:`UsageError` when the
-    file cannot be read at all (bad rows are yielded with their ``problem``)."""
+    file cannot be read at all (bad rows are yielded with their ``problem``). ``name`` is how
+    messages call the file (default: its path)."""
+    shown = str(path) if name is None else name
     try:
         kind = input_format(path)
         with path.open(encoding="utf-8-sig", newline="") as file:
-            yield from (_csv_rows(path, file) if kind == "csv" else _jsonl_rows(file))
+            yield from (_csv_rows(shown, file) if kind == "csv" else _jsonl_rows(file))
     except (OSError, UnicodeDecodeError, csv.Error) as exc:
-        raise UsageError(f"cannot read {path}: {exc}") from None
+        raise UsageError(f"cannot read {shown}: {exc}") from None
 
 
-def _csv_rows(path: Path, file: TextIO) -> Iterator[Row]:
+def _csv_rows(shown: str, file: TextIO) -> Iterator[Row]:
     reader = csv.reader(file)
     header = next((row for row in reader if any(cell.strip() for cell in row)), None)
     if header is None:
@@ -98,11 +100,18 @@ def _csv_rows(path: Path, file: TextIO) -> Iterator[Row]:
     names = [cell.strip().lower() for cell in header]
     if "chat_id" not in names or "message_id" not in names:
         raise UsageError(
-            f"{path}:{reader.line_num}: the first line must be the header chat_id,message_id "
+            f"{shown}:{reader.line_num}: the first line must be the header chat_id,message_id "
             f"(got {','.join(header)[:80]!r})"
         )
     chat_col, message_col = names.index("chat_id"), names.index("message_id")
-    for row in reader:
+    while True:
+        try:
+            row = next(reader)
+        except StopIteration:
+            return
+        except csv.Error as exc:  # a field over csv.field_size_limit(): this row only
+            yield Row(reader.line_num, "", None, str(exc))
+            continue
         if not any(cell.strip() for cell in row):
             continue
         text = ",".join(row)
@@ -125,6 +134,9 @@ def _jsonl_rows(file: TextIO) -> Iterator[Row]:
             data = json.loads(text)
         except ValueError:
             yield Row(number, text, None, "not a JSON object")
+            continue
+        except RecursionError:
+            yield Row(number, text, None, "nested too deep")
             continue
         if not isinstance(data, dict):
             yield Row(number, text, None, "not a JSON object")

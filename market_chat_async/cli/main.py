@@ -5,14 +5,17 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import signal
 import sys
 from typing import TYPE_CHECKING
 
+from .completion import complete
 from .options import verbosity
+from .outputs import OutputError
 from .parser import build_parser
 from .progress import Console
-from .status import INTERRUPTED, TERMINATED, USAGE, UsageError
+from .status import FAILED, INTERRUPTED, TERMINATED, USAGE, UsageError
 
 if TYPE_CHECKING:
     import argparse
@@ -28,16 +31,23 @@ def main(argv: list[str] | None = None) -> int:
         status = main(["fetch", "--business-id", "12345", "--input", "ids.csv",
                        "--output", "messages.jsonl"])
     """
-    args = build_parser().parse_args(argv)
-    logging.basicConfig(
-        level=[logging.WARNING, logging.INFO, logging.DEBUG][min(verbosity(args), 2)],
-        format="market-chat: %(levelname)s: %(name)s: %(message)s",
-    )
+    parser = build_parser()
+    if "_ARGCOMPLETE" in os.environ:  # a shell asks for completions (see `completion`)
+        complete(parser)
+    args = parser.parse_args(argv)
+    logging.basicConfig(format="market-chat: %(levelname)s: %(name)s: %(message)s")
+    if verbosity(args):
+        # The library's own log only: -vv is one line per HTTP exchange, not aiohttp's chatter.
+        level = logging.INFO if verbosity(args) == 1 else logging.DEBUG
+        logging.getLogger("market_chat_async").setLevel(level)
     try:
         return asyncio.run(_run(args))
     except UsageError as exc:
         print(f"market-chat: error: {exc}", file=sys.stderr)
         return USAGE
+    except OutputError as exc:
+        print(f"market-chat: error: {exc}", file=sys.stderr)
+        return FAILED
     except KeyboardInterrupt:
         return INTERRUPTED
     except asyncio.CancelledError:

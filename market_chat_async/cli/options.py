@@ -23,15 +23,14 @@ from __future__ import annotations
 import argparse
 import functools
 import os
+from pathlib import Path
 from typing import TYPE_CHECKING, Final, NamedTuple, Protocol
-
-from market_chat_async import Quota
 
 from .inputs import INT64_MAX, parse_id
 from .status import UsageError
 
 if TYPE_CHECKING:
-    from market_chat_async import MarketChatClient
+    from market_chat_async import MarketChatClient, Quota
 
     from .progress import Console
 
@@ -39,10 +38,14 @@ if TYPE_CHECKING:
 
 __all__ = [
     "API_KEY_ENV",
+    "BASE_URL_ENV",
     "Command",
     "SharedOptions",
     "client_from",
+    "file_arg",
+    "file_or_dash",
     "id_arg",
+    "port_arg",
     "positive_int",
     "quota_arg",
     "shared_options",
@@ -50,6 +53,8 @@ __all__ = [
 ]
 
 API_KEY_ENV: Final = "YANDEX_MARKET_API_KEY"
+BASE_URL_ENV: Final = "YANDEX_MARKET_BASE_URL"
+"""Sets ``--base-url`` when that is not given (a test server, a proxy of your own)."""
 
 
 class Command(Protocol):
@@ -98,6 +103,8 @@ def quota_arg(text: str) -> Quota:
     >>> quota.limit, quota.period
     (1000, 3600.0)
     """
+    from market_chat_async import Quota
+
     limit, _, period = text.partition("/")
     try:
         return Quota(limit=int(limit), period=float(period))
@@ -122,6 +129,45 @@ def positive_int(text: str) -> int:
     return value
 
 
+def port_arg(text: str) -> int:
+    """A TCP port, 0 (any free one) to 65535.
+
+    >>> port_arg("8080")
+    8080
+    """
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if not 0 <= value <= 65535:
+        raise argparse.ArgumentTypeError(f"expected a port from 0 to 65535, got {text!r}")
+    return value
+
+
+def file_or_dash(text: str) -> Path | None:
+    """A file, or ``None`` for ``-`` (stdin or stdout); ``./-`` names a file called ``-``.
+
+    >>> file_or_dash("-") is None, file_or_dash("ids.csv")
+    (True, PosixPath('ids.csv'))
+    """
+    return None if text == "-" else file_arg(text)
+
+
+def file_arg(text: str) -> Path:
+    """A file that must be a file (``-`` is refused rather than taken as a file name).
+
+    >>> file_arg("errors.jsonl")
+    PosixPath('errors.jsonl')
+    """
+    if text == "-":
+        raise argparse.ArgumentTypeError(
+            "expected a file name; '-' is only for --input and --output"
+        )
+    if not text:
+        raise argparse.ArgumentTypeError("expected a file name")
+    return Path(text)
+
+
 def add_verbosity(parser: argparse.ArgumentParser, *, top: bool) -> None:
     """``-v``/``-q``, on the top parser and again on each command's, so that both
     ``market-chat -v fetch ...`` and ``market-chat fetch -v ...`` work (and add up)."""
@@ -136,6 +182,12 @@ def add_verbosity(parser: argparse.ArgumentParser, *, top: bool) -> None:
         help="log more: -v info, -vv debug (repeatable)",
     )
     parser.add_argument(
+        "--debug",
+        action="store_true",
+        default=False if top else argparse.SUPPRESS,
+        help="log each HTTP exchange and every decision: the same as -vv",
+    )
+    parser.add_argument(
         "-q",
         "--quiet",
         action="store_true",
@@ -145,12 +197,13 @@ def add_verbosity(parser: argparse.ArgumentParser, *, top: bool) -> None:
 
 
 def verbosity(args: argparse.Namespace) -> int:
-    """How many ``-v`` were given, before and after the command.
+    """How many ``-v`` were given, before and after the command (``--debug`` is two).
 
-    >>> verbosity(argparse.Namespace(verbose=1, verbose_after=1))
+    >>> verbosity(argparse.Namespace(verbose=1, verbose_after=1, debug=False))
     2
     """
-    return int(args.verbose) + int(getattr(args, "verbose_after", 0))
+    given = int(args.verbose) + int(getattr(args, "verbose_after", 0))
+    return max(given, 2) if args.debug else given
 
 
 def shared_options() -> SharedOptions:
@@ -160,7 +213,9 @@ def shared_options() -> SharedOptions:
     api = argparse.ArgumentParser(add_help=False)
     group = api.add_argument_group("API options")
     group.add_argument(
-        "--base-url", metavar="URL", help="the API's base URL (default: the Market's)"
+        "--base-url",
+        metavar="URL",
+        help=f"the API's base URL (default: ${BASE_URL_ENV}, else the Market's)",
     )
     group.add_argument(
         "--api-key",
@@ -171,7 +226,7 @@ def shared_options() -> SharedOptions:
     group.add_argument(
         "--quota",
         type=quota_arg,
-        default=Quota(),
+        default=None,  # the client's own
         metavar="LIMIT/SECONDS",
         help="the cabinet's resource quota (default: 1000/3600)",
     )
@@ -197,6 +252,7 @@ def client_from(args: argparse.Namespace) -> MarketChatClient:
     )
     try:
         # Only what was given is passed: the rest keeps the client's own defaults.
-        return make(base_url=args.base_url) if args.base_url else make()
+        base_url = args.base_url or os.environ.get(BASE_URL_ENV, "").strip()
+        return make(base_url=base_url) if base_url else make()
     except ValueError as exc:  # its messages never include the key
         raise UsageError(str(exc)) from None

@@ -3,8 +3,11 @@ state read back from an output file."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import stat
+import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -17,19 +20,24 @@ if TYPE_CHECKING:
 
 __all__ = [
     "JsonLines",
+    "OutputError",
     "error_record",
     "errors_path",
     "json_line",
     "load_done",
     "message_record",
+    "same_file",
 ]
 
 
 class JsonLines:
     """A JSON-lines file appended one whole line per ``write(2)``, so a kill never halves one.
 
-    Opened by the first line unless :meth:`open` is called before, so an errors file only
-    exists when there was an error.
+    ``path=None`` writes to stdout. With ``rewrite=True`` the file lists this run's records
+    only: it is emptied when opened and removed again at :meth:`close` if nothing was written
+    (a regular file only: ``/dev/null`` stays). Opened by the first line unless :meth:`open`
+    is called before, which is how a path that cannot be written fails early. A write that
+    fails (a full disk) raises :class:`OutputError` and leaves no part of its line behind.
 
     >>> import tempfile
     >>> with tempfile.TemporaryDirectory() as folder:
@@ -40,31 +48,81 @@ class JsonLines:
     '{"chatId":1}\\n'
     """
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path | None, *, rewrite: bool = False) -> None:
         self.path = path
+        self.name = "stdout" if path is None else str(path)
         self.count = 0
+        self._rewrite = rewrite
         self._fd: int | None = None
 
     def open(self) -> None:
-        """Create the file now (so that a path that cannot be written fails early)."""
-        if self._fd is None:
-            flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | getattr(os, "O_BINARY", 0)
-            self._fd = os.open(self.path, flags, 0o644)
+        """Open (and create) the file now; :class:`OutputError` if it cannot be."""
+        if self._fd is not None:
+            return
+        try:
+            if self.path is None:
+                self._fd = os.dup(sys.stdout.fileno())
+            else:
+                flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | getattr(os, "O_BINARY", 0)
+                self._fd = os.open(self.path, flags | (os.O_TRUNC if self._rewrite else 0), 0o644)
+        except OSError as exc:
+            raise OutputError(f"cannot write {self.name}: {exc.strerror}") from None
 
     def write(self, record: dict[str, Any]) -> None:
         """Append one record as one line."""
         self.open()
         assert self._fd is not None
         view = memoryview(json_line(record).encode("utf-8"))
-        while view:  # a regular file takes it in one call; a short write is only finished off
-            view = view[os.write(self._fd, view) :]
+        size = os.fstat(self._fd).st_size
+        try:
+            while view:  # a regular file takes it in one call; a short write is finished off
+                view = view[os.write(self._fd, view) :]
+        except OSError as exc:
+            with contextlib.suppress(OSError):  # a pipe or a device cannot be, nor need be
+                if stat.S_ISREG(os.fstat(self._fd).st_mode):
+                    os.ftruncate(self._fd, size)  # the part of the line that fit goes
+            raise OutputError(f"cannot write {self.name}: {exc.strerror}") from None
         self.count += 1
 
     def close(self) -> None:
         """Close the file (idempotent)."""
-        if self._fd is not None:
+        if self._fd is None:
+            return
+        try:
+            empty_file = stat.S_ISREG(os.fstat(self._fd).st_mode) and not self.count
+        finally:
             os.close(self._fd)
             self._fd = None
+        if self._rewrite and empty_file and self.path is not None:
+            self.path.unlink(missing_ok=True)
+
+
+class OutputError(Exception):
+    """A file (or stdout) that cannot be written: one line for the user, exit 1.
+
+    >>> str(OutputError("cannot write out.jsonl: No space left on device"))
+    'cannot write out.jsonl: No space left on device'
+    """
+
+
+def same_file(a: Path, b: Path) -> bool:
+    """Whether ``a`` and ``b`` name one regular file, by any path, hard link or symlink:
+    the same device and inode when both exist, the same resolved path when neither does.
+
+    Devices and pipes (``/dev/null``) are never "the same file": writing twice to them
+    destroys nothing.
+
+    >>> same_file(Path("/no-such-dir/out/../messages.jsonl"), Path("/no-such-dir/messages.jsonl"))
+    True
+    """
+    try:
+        first, second = a.stat(), b.stat()
+    except OSError:
+        return not a.exists() and not b.exists() and a.resolve() == b.resolve()
+    return stat.S_ISREG(first.st_mode) and (first.st_dev, first.st_ino) == (
+        second.st_dev,
+        second.st_ino,
+    )
 
 
 def errors_path(output: Path) -> Path:
@@ -114,9 +172,15 @@ def error_record(error: BaseException) -> dict[str, Any]:
 
 
 def load_done(path: Path, warn: Callable[[str], None]) -> set[int]:
-    """The pairs already in an output file (packed); a torn last line is cut off the file."""
+    """The pairs already in an output file (packed); a torn last line is cut off the file.
+
+    Only a regular file holds a resume state: a device or a pipe (``/dev/full``, a FIFO) is
+    written to and never read.
+    """
     done: set[int] = set()
     try:
+        if not stat.S_ISREG(path.stat().st_mode):
+            return done
         file = path.open("r+b")
     except FileNotFoundError:
         return done
@@ -136,6 +200,6 @@ def load_done(path: Path, warn: Callable[[str], None]) -> set[int]:
                 done.add(
                     pack(parse_id("chatId", data["chatId"]), parse_id("id", data["messageId"]))
                 )
-            except (ValueError, KeyError, TypeError):
+            except (ValueError, KeyError, TypeError, RecursionError):
                 warn(f"{path}:{number}: not a message line; ignored")
     return done

@@ -12,12 +12,12 @@ from typing import Final
 
 from market_chat_async._version import __version__
 
-from . import demo, fetch, get, serve
+from . import completion, demo, fetch, get, serve
 from .options import Command, add_verbosity, shared_options
 
 __all__ = ["COMMANDS", "build_parser"]
 
-COMMANDS: Final[tuple[Command, ...]] = (get, fetch, serve, demo)
+COMMANDS: Final[tuple[Command, ...]] = (get, fetch, serve, demo, completion)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -128,9 +128,9 @@ class Meter:
         self.done += 1
         self.failed += not ok
         if self._bar is not None:
-            self._bar.update(1)
-            if not ok:
+            if not ok or self.done == self.total:  # the last one also takes the ETA away
                 self._bar.set_postfix_str(self._postfix(), refresh=False)
+            self._bar.update(1)
 
     def _postfix(self) -> str:
         parts = [f"{self.failed} failed"] if self.failed else []

@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from .options import client_from
-from .outputs import JsonLines, json_line, message_record
+from .options import client_from, file_or_dash, port_arg
+from .outputs import JsonLines, OutputError, message_record
 from .status import OK, UsageError
 
 if TYPE_CHECKING:
@@ -36,11 +35,11 @@ def add_parser(commands: Subparsers, shared: SharedOptions) -> argparse.Argument
         "--host", default="127.0.0.1", help="the address to listen on (default: 127.0.0.1)"
     )
     parser.add_argument(
-        "--port", type=int, default=8080, help="the port to listen on (default: 8080)"
+        "--port", type=port_arg, default=8080, help="the port to listen on (default: 8080)"
     )
     parser.add_argument(
         "--output",
-        type=Path,
+        type=file_or_dash,
         metavar="FILE",
         help="the JSON-lines file messages are appended to (default: stdout)",
     )
@@ -89,15 +88,10 @@ async def serve(
     from market_chat_async._version import __version__
     from market_chat_async.notifications import MARKET_NETWORKS, create_app
 
-    sink = JsonLines(output) if output is not None else None
+    sink = JsonLines(output)  # None: stdout
 
     async def on_message(notification: ChatMessageSent, message: ChatMessage) -> None:
-        record = message_record(notification.chat_id, message, notification.business_id)
-        if sink is not None:
-            sink.write(record)
-        else:
-            sys.stdout.write(json_line(record))
-            sys.stdout.flush()
+        sink.write(message_record(notification.chat_id, message, notification.business_id))
 
     try:
         app = create_app(
@@ -108,9 +102,8 @@ async def serve(
             allow_from=MARKET_NETWORKS if allow_from is None else (allow_from or None),
             trusted_proxies=trusted_proxies,
         )
-        if sink is not None:
-            sink.open()
-    except (ValueError, OSError) as exc:
+        sink.open()
+    except (ValueError, OutputError) as exc:
         raise UsageError(str(exc)) from None
     runner = web.AppRunner(app, handle_signals=False)
     await runner.setup()
@@ -126,6 +119,5 @@ async def serve(
         await asyncio.Event().wait()  # until cancelled (Ctrl-C, SIGTERM)
     finally:
         await runner.cleanup()  # drains what is pending
-        if sink is not None:
-            sink.close()
+        sink.close()
     return OK  # pragma: no cover - only cancellation ends the wait
