@@ -35,26 +35,36 @@ from collections.abc import (
     Iterator,
     Sized,
 )
-from typing import TYPE_CHECKING, Any, Final, cast
+from typing import Any, Final, Protocol, cast
 
 import attrs
 
 from ._models import ChatMessage
 from ._protocol import validate_id
-from ._wire import converter
-
-if TYPE_CHECKING:
-    from ._client import MarketChatClient
+from ._wire import to_api_dict
 
 __all__ = [
     "BulkResult",
     "PairSource",
     "Progress",
+    "MessageSource",
     "ProgressCallback",
     "get_messages",
     "stream_messages",
     "to_api_dict",
 ]
+
+
+class MessageSource(Protocol):
+    """What bulk fetching needs of a client: one message at a time, and the parallel cap."""
+
+    @property
+    def max_parallel(self) -> int:
+        """The cabinet's parallel cap: how many requests can usefully be in flight."""
+
+    async def get_message(self, business_id: int, chat_id: int, message_id: int) -> ChatMessage:
+        """Fetch one message."""
+
 
 PairSource = Iterable[tuple[int, int]] | AsyncIterable[tuple[int, int]]
 """The pairs ``(chat_id, message_id)`` to fetch: any iterable, sync or async."""
@@ -123,22 +133,8 @@ ProgressCallback = Callable[[Progress], object]
 """Called with a :class:`Progress` after each result, from the task consuming the results."""
 
 
-def to_api_dict(message: ChatMessage) -> dict[str, Any]:
-    """A message in the API's own JSON shape (camelCase keys, ISO 8601 dates).
-
-    Fields the service sent that this release does not know are kept.
-
-    >>> from datetime import datetime, timezone
-    >>> from market_chat_async import Sender
-    >>> to_api_dict(ChatMessage(1, datetime(2024, 5, 1, tzinfo=timezone.utc), Sender.PARTNER))
-    {'messageId': 1, 'createdAt': '2024-05-01T00:00:00+00:00', 'sender': 'PARTNER'}
-    """
-    data: dict[str, Any] = converter.unstructure(message)
-    return data
-
-
 async def get_messages(
-    client: MarketChatClient,
+    client: MessageSource,
     business_id: int,
     pairs: Iterable[tuple[int, int]],
     *,
@@ -173,7 +169,7 @@ async def get_messages(
 
 
 async def stream_messages(
-    client: MarketChatClient,
+    client: MessageSource,
     business_id: int,
     pairs: PairSource,
     *,

@@ -1,76 +1,75 @@
-"""``MarketChatClient``: the single request funnel (limiter -> HTTP -> protocol -> retry)."""
+"""``MarketChatClient``: every chat method of the Market API, each a thin call of the funnel."""
 
 from __future__ import annotations
 
 import asyncio
-import logging
+import mimetypes
 import os
 import random
-from collections.abc import AsyncGenerator, Callable, Iterable
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterable, Mapping
+from pathlib import Path
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, Self
+from typing import IO, TYPE_CHECKING, Any, Self, TypeVar
+from urllib.parse import urlsplit
 
-import aiohttp
-from yarl import URL
-
-from ._errors import MarketApiError, MarketConnectionError, RateLimitError
-from ._limits import Lease, Limiter, Quota, QuotaState, limiter_for
-from ._models import ChatMessage
+from ._bulk import BulkResult, PairSource, ProgressCallback, get_messages, stream_messages
+from ._env import API_KEY_ENV, BASE_URL_ENV, DEFAULT_BASE_URL
+from ._errors import MalformedResponseError
+from ._funnel import MAX_REDIRECTS, Funnel, InProcessLimits, Limits, Secret
+from ._limits import Quota, QuotaState
+from ._models import Chat, ChatContextType, ChatMessage, ChatStatus, ChatType
 from ._protocol import (
-    RetryPolicy,
-    decode_message,
-    error_from_response,
+    DEFAULT_QUOTAS,
+    ENDPOINTS,
+    MAX_FILE_BYTES,
+    ApiRequest,
+    ChatFilters,
+    FilePart,
+    chat_request,
+    chats_request,
+    check_ok,
+    create_chat_request,
+    decode,
+    decode_chats_page,
+    decode_created_chat,
+    decode_history_page,
+    history_request,
     message_request,
-    parse_rate_limit,
-    retry_delay,
+    send_file_request,
+    send_message_request,
     validate_id,
 )
-from ._version import __version__
+from ._retry import RetryPolicy
+from ._transport import DEFAULT_MAX_BODY_BYTES, AiohttpTransport, HttpResponse, Transport
 
 if TYPE_CHECKING:
-    from ._bulk import BulkResult, PairSource, ProgressCallback
+    import aiohttp
 
-__all__ = ["API_KEY_ENV", "DEFAULT_BASE_URL", "MarketChatClient", "logger"]
-
-DEFAULT_BASE_URL = "https://api.partner.market.yandex.ru"
-API_KEY_ENV = "YANDEX_MARKET_API_KEY"
-USER_AGENT = f"market-chat-async/{__version__} (+https://pypi.org/project/market-chat-async/)"
-_REDIRECTS = frozenset({301, 302, 303, 307, 308})
-_MAX_REDIRECTS = 5
-
-logger = logging.getLogger("market_chat_async")
-
-Response = tuple[int, dict[str, str], bytes]
+__all__ = ["API_KEY_ENV", "BASE_URL_ENV", "DEFAULT_BASE_URL", "MarketChatClient"]
 
 
-class _Secret:
-    """A credential header that never shows itself in a repr, a log line or a traceback."""
-
-    __slots__ = ("_header", "_value")
-
-    def __init__(self, header: str, value: str) -> None:
-        self._header = header
-        self._value = value
-
-    def headers(self) -> dict[str, str]:
-        return {self._header: self._value}
-
-    def __repr__(self) -> str:
-        return f"<{self._header} ***>"
+FileInput = bytes | str | os.PathLike[str] | IO[bytes]
+T = TypeVar("T")
+Page = tuple[list[T], str | None]
 
 
 class MarketChatClient:
-    """Asyncio client for the Market chat-message API, with the cabinet's limits built in.
+    """Asyncio client for the Market's chat API, with the cabinet's limits built in.
 
     Give it an Api-Key (or a legacy OAuth token); with neither it reads ``YANDEX_MARKET_API_KEY``.
-    Every call for one cabinet, from any coroutine and any client in the process, goes through
-    one limiter that keeps the quota (``quota``) and the parallel cap (``max_parallel``).
-    Transient failures (5xx, dropped connections, timeouts) are retried per ``retry``; a 420 is
-    waited out and retried, and reaches you as :class:`RateLimitError` only when that would take
-    longer than ``max_rate_limit_wait`` seconds (``None``: wait as long as it takes).
+    Every call for one cabinet, from any coroutine, thread and client in the process, goes
+    through one limiter that keeps each method's resource quota (``quotas``, over
+    :data:`DEFAULT_QUOTAS`; ``quota`` is getChatMessage's) and the cabinet's parallel cap
+    (``max_parallel``). Transient failures (5xx, dropped connections, timeouts) of reads are
+    retried per ``retry``; writes are never sent twice. A 420 is waited out and retried, and
+    reaches you as :class:`RateLimitError` only when that would take longer than
+    ``max_rate_limit_wait`` seconds (``None``: wait as long as it takes).
 
-    Pass ``session`` to reuse your own ``aiohttp.ClientSession`` (the client never closes it);
-    otherwise the client owns one and closes it on exit.
+    HTTP goes through ``transport`` (default :class:`AiohttpTransport` on ``session``, or on a
+    session of its own that honours ``HTTP_PROXY``/``HTTPS_PROXY``/``NO_PROXY``; ``proxy``,
+    ``timeout``, ``connect_timeout`` and ``max_response_bytes`` configure it). With
+    ``redis_url`` (or ``redis_client``, or ``redis_cluster=True`` for a Redis Cluster URL) the
+    limits are shared by every process and host that uses the same Redis.
 
     >>> async def main() -> None:
     ...     async with MarketChatClient(api_key="...") as client:
@@ -85,64 +84,79 @@ class MarketChatClient:
         oauth_token: str | None = None,
         base_url: str = DEFAULT_BASE_URL,
         session: aiohttp.ClientSession | None = None,
+        transport: Transport | None = None,
         timeout: float = 30.0,
+        connect_timeout: float | None = 10.0,
+        proxy: str | None = None,
+        max_response_bytes: int = DEFAULT_MAX_BODY_BYTES,
         retry: RetryPolicy | None = None,
         quota: Quota | None = None,
+        quotas: Mapping[str, Quota] | None = None,
         max_parallel: int = 4,
         max_rate_limit_wait: float | None = None,
         redis_url: str | None = None,
+        redis_client: Any = None,
+        redis_cluster: bool = False,
         redis_fallback: bool = False,
         seed: int | None = None,
     ) -> None:
-        if api_key is not None and oauth_token is not None:
-            raise ValueError("give either api_key or oauth_token, not both")
-        if api_key is None and oauth_token is None:
-            api_key = os.environ.get(API_KEY_ENV) or None
-        if api_key is not None:
-            self._secret = _Secret("Api-Key", _nonblank("api_key", api_key))
-        elif oauth_token is not None:
-            token = _nonblank("oauth_token", oauth_token)
-            self._secret = _Secret("Authorization", f"Bearer {token}")
-        else:
-            raise ValueError(
-                f"no credentials: pass api_key=... (or the legacy oauth_token=...), "
-                f"or set the {API_KEY_ENV} environment variable"
-            )
-        base = URL(base_url)
-        if not base.is_absolute() or base.scheme not in ("http", "https"):
+        secret = _credentials(api_key, oauth_token)
+        base = urlsplit(base_url)
+        if base.scheme not in ("http", "https") or not base.hostname:
             raise ValueError(f"base_url must be an absolute http(s) URL, got {base_url!r}")
         if not timeout > 0:
             raise ValueError(f"timeout must be a positive number of seconds, got {timeout}")
+        if connect_timeout is not None and not connect_timeout > 0:
+            raise ValueError(f"connect_timeout must be positive or None, got {connect_timeout}")
         if not isinstance(max_parallel, int) or max_parallel < 1:
             raise ValueError(f"max_parallel must be an int of at least 1, got {max_parallel!r}")
         if max_rate_limit_wait is not None and max_rate_limit_wait < 0:
             raise ValueError(f"max_rate_limit_wait must be >= 0 or None, got {max_rate_limit_wait}")
-        self.base_url = str(base).rstrip("/")
-        self._origin = base.origin()
+        if not isinstance(max_response_bytes, int) or max_response_bytes < 1024:
+            raise ValueError(f"max_response_bytes must be at least 1024, got {max_response_bytes}")
+        if transport is not None and (session is not None or proxy is not None):
+            raise ValueError("give session/proxy to the transport, not beside it")
+        self.base_url = base_url.rstrip("/")
         self.timeout = timeout
         self.retry = retry or RetryPolicy()
-        self.quota = quota or Quota()
+        self.quotas = _quotas(quota, quotas)
+        self.quota = self.quotas["getChatMessage"]
         self.max_parallel = max_parallel
         self.max_rate_limit_wait = max_rate_limit_wait
-        self._session = session
-        self._owns_session = session is None
-        self._rng = random.Random(seed)
-        self._limiter_of: Callable[[int], Limiter] = self._in_process_limiter
-        self._shared: Any = None
-        if redis_url is not None:
-            from ._redis import RedisLimiters  # the optional extra; imported only when asked for
+        origin = f"{base.scheme}://{base.netloc.rpartition('@')[2]}"
+        limits: Limits
+        if redis_url is not None or redis_client is not None:
+            from ._limits._redis import RedisLimiters  # the optional extra, only when asked for
 
-            self._shared = RedisLimiters(
-                redis_url,
-                quota=self.quota,
+            limits = RedisLimiters(
+                redis_client if redis_client is not None else redis_url,
+                quotas=self.quotas,
                 max_parallel=max_parallel,
+                namespace=origin,
                 fallback=redis_fallback,
-                namespace_key=str(self._origin),
-                # A lease must outlive the longest exchange (each redirect hop has its own
-                # timeout), or a slow request's slot and token would be freed early.
-                lease_ttl=max(60.0, timeout * (_MAX_REDIRECTS + 1) + 10.0),
+                cluster=redis_cluster,
+                # Each redirect hop has its own timeout.
+                exchange_timeout=timeout * (MAX_REDIRECTS + 1),
             )
-            self._limiter_of = self._shared.limiter
+        else:
+            limits = InProcessLimits(origin, self.quotas, max_parallel)
+        self._funnel = Funnel(
+            secret=secret,
+            base_url=self.base_url,
+            transport=transport
+            or AiohttpTransport(
+                session,
+                timeout=timeout,
+                connect_timeout=connect_timeout,
+                proxy=proxy,
+                max_body_bytes=max_response_bytes,
+            ),
+            limits=limits,
+            retry=self.retry,
+            max_rate_limit_wait=max_rate_limit_wait,
+            rng=random.Random(seed),
+        )
+        self._secret = secret
 
     def __repr__(self) -> str:
         return f"MarketChatClient(base_url={self.base_url!r}, auth={self._secret!r})"
@@ -159,17 +173,14 @@ class MarketChatClient:
         await self.close()
 
     async def close(self) -> None:
-        """Close the session the client owns (never one that was passed in)."""
-        if self._owns_session and self._session is not None:
-            await self._session.close()
-            self._session = None
-        if self._shared is not None:
-            await self._shared.close()
+        """Close what the client owns (its session, its Redis connections; never one passed in)."""
+        await self._funnel.transport.close()
+        await self._funnel.limits.close()
 
-    # -- the API -------------------------------------------------------------------------
+    # -- one chat, one message ------------------------------------------------------------
 
     async def get_message(self, business_id: int, chat_id: int, message_id: int) -> ChatMessage:
-        """Fetch one chat message (``GET /v2/businesses/{businessId}/chats/message``).
+        """Fetch one chat message (getChatMessage).
 
         Ids are checked first (``TypeError`` / ``ValueError``, nothing sent). Raises a
         :class:`MarketApiError` subclass for anything the service refuses.
@@ -178,9 +189,148 @@ class MarketChatClient:
         ...     msg = await client.get_message(12345, 67, 89)
         ...     print(msg.created_at.isoformat(), [a.name for a in msg.payload])
         """
-        path, params = message_request(business_id, chat_id, message_id)
-        status, headers, body = await self._call(business_id, path, params)
-        return decode_message(status, headers, body)
+        return await self._fetch(message_request(business_id, chat_id, message_id), ChatMessage)
+
+    async def get_chat(self, business_id: int, chat_id: int) -> Chat:
+        """Fetch one chat (getChat): its type, status, dates and what it is about.
+
+        >>> async def main(client: MarketChatClient) -> None:
+        ...     chat = await client.get_chat(12345, 67)
+        ...     print(chat.status, chat.context.order_id)
+        """
+        return await self._fetch(chat_request(business_id, chat_id), Chat)
+
+    # -- paged listings ---------------------------------------------------------------------
+
+    def iter_chats(
+        self,
+        business_id: int,
+        *,
+        types: Iterable[ChatType | str] | None = None,
+        statuses: Iterable[ChatStatus | str] | None = None,
+        context_types: Iterable[ChatContextType | str] | None = None,
+        contexts: Iterable[tuple[ChatContextType | str, int]] | None = None,
+        page_size: int = 20,
+    ) -> AsyncIterator[Chat]:
+        """Every chat of the cabinet that passes the filters (getChats), one page at a time.
+
+        Each filter is a list of enum members or their string values (``contexts``: pairs
+        ``(ORDER | RETURN, id)``), ``None`` for no filter; ``page_size`` 1..20. Everything is
+        checked when you call this, before anything is sent.
+
+        >>> async def main(client: MarketChatClient) -> None:
+        ...     async for chat in client.iter_chats(12345, statuses=["WAITING_FOR_PARTNER"]):
+        ...         print(chat.chat_id, chat.updated_at)
+        """
+        filters = ChatFilters.of(
+            types=types, statuses=statuses, context_types=context_types, contexts=contexts
+        )
+        chats_request(business_id, filters, page_size=page_size)  # validate now, not on first use
+
+        def page(token: str | None) -> ApiRequest:
+            return chats_request(business_id, filters, page_size=page_size, page_token=token)
+
+        def chats(response: HttpResponse) -> Page[Chat]:
+            result = decode_chats_page(response.status, response.headers, response.body)
+            return result.chats, result.next_page_token
+
+        return self._paginate(page, chats)
+
+    def iter_history(
+        self,
+        business_id: int,
+        chat_id: int,
+        *,
+        message_id_from: int | None = None,
+        page_size: int = 100,
+    ) -> AsyncIterator[ChatMessage]:
+        """A chat's messages, oldest first (getChatHistory), from ``message_id_from``
+        (inclusive) or from the beginning; ``page_size`` 1..100.
+
+        >>> async def main(client: MarketChatClient) -> None:
+        ...     async for msg in client.iter_history(12345, 67, message_id_from=89):
+        ...         print(msg.message_id, msg.sender, msg.message)
+        """
+        options: dict[str, Any] = {"message_id_from": message_id_from, "page_size": page_size}
+        history_request(business_id, chat_id, **options)  # validate now, not on first use
+
+        def page(token: str | None) -> ApiRequest:
+            return history_request(business_id, chat_id, page_token=token, **options)
+
+        def messages(response: HttpResponse) -> Page[ChatMessage]:
+            result = decode_history_page(response.status, response.headers, response.body)
+            return result.messages, result.next_page_token
+
+        return self._paginate(page, messages)
+
+    async def _paginate(
+        self,
+        page: Callable[[str | None], ApiRequest],
+        items: Callable[[HttpResponse], Page[T]],
+    ) -> AsyncGenerator[T, None]:
+        """Follow ``nextPageToken`` to the end; a token seen twice, or an empty page that
+        names a next one, would loop forever and raises :class:`MalformedResponseError`."""
+        seen: set[str] = set()
+        token: str | None = None
+        while True:
+            response = await self._funnel.call(page(token))
+            found, token = items(response)
+            if token is not None and (not found or token in seen):
+                why = "an empty page" if not found else f"page token {token!r} a second time"
+                raise MalformedResponseError(
+                    response.status, message=f"paging would never end: the service sent {why}"
+                )
+            for item in found:
+                yield item
+            if token is None:
+                return
+            seen.add(token)
+
+    # -- writes: never sent twice -------------------------------------------------------------
+
+    async def send_message(self, business_id: int, chat_id: int, text: str) -> None:
+        """Send ``text`` (1 to 4,096 characters) to a chat (sendMessageToChat).
+
+        Sent at most once: after a 5xx, a timeout or a dropped connection the outcome is
+        unknown and :class:`OutcomeUnknownError` is raised instead of sending again.
+
+        >>> async def main(client: MarketChatClient) -> None:
+        ...     await client.send_message(12345, 67, "Your order ships today.")
+        """
+        response = await self._funnel.call(send_message_request(business_id, chat_id, text))
+        check_ok(response.status, response.headers, response.body)
+
+    async def send_file(
+        self, business_id: int, chat_id: int, file: FileInput, *, filename: str | None = None
+    ) -> None:
+        """Send a file (at most 5 MB) to a chat (sendFileToChat), as multipart field ``file``.
+
+        ``file`` is the bytes, a path, or a binary file object; ``filename`` defaults to the
+        path's or the file object's name. Sent at most once, as :meth:`send_message`.
+
+        >>> async def main(client: MarketChatClient) -> None:
+        ...     await client.send_file(12345, 67, "invoice.pdf")
+        """
+        validate_id("business_id", business_id)
+        validate_id("chat_id", chat_id)
+        part = await _file_part(file, filename)
+        response = await self._funnel.call(send_file_request(business_id, chat_id, part))
+        check_ok(response.status, response.headers, response.body)
+
+    async def create_chat(
+        self, business_id: int, *, order_id: int | None = None, return_id: int | None = None
+    ) -> int:
+        """Open a chat about an order or a return (createChat) and return its id; exactly one
+        of ``order_id`` and ``return_id``. If the chat exists already, its id comes back.
+
+        >>> async def main(client: MarketChatClient) -> None:
+        ...     chat_id = await client.create_chat(12345, order_id=4242)
+        """
+        request = create_chat_request(business_id, order_id=order_id, return_id=return_id)
+        response = await self._funnel.call(request)
+        return decode_created_chat(response.status, response.headers, response.body)
+
+    # -- many messages --------------------------------------------------------------------------
 
     async def get_messages(
         self,
@@ -200,8 +350,6 @@ class MarketChatClient:
         ...     results = await client.get_messages(12345, [(67, 89), (67, 90)])
         ...     failed = [r for r in results if isinstance(r, Exception)]
         """
-        from ._bulk import get_messages
-
         return await get_messages(
             self, business_id, pairs, progress=progress, concurrency=concurrency
         )
@@ -225,152 +373,80 @@ class MarketChatClient:
         ...     async for item in client.stream_messages(12345, [(67, 89), (67, 90)]):
         ...         print(item.chat_id, item.message_id, item.ok)
         """
-        from ._bulk import stream_messages
-
         return stream_messages(
             self, business_id, pairs, progress=progress, concurrency=concurrency, dedupe=dedupe
         )
 
-    async def quota_state(self, business_id: int) -> QuotaState:
-        """The cabinet's remaining quota and when more frees, as this process sees it.
+    async def quota_state(self, business_id: int, operation: str = "getChatMessage") -> QuotaState:
+        """One method's remaining quota in the cabinet and when more frees, as this process
+        sees it (``in_flight`` / ``max_parallel`` are the cabinet's, shared by all methods).
 
         >>> async def main(client: MarketChatClient) -> None:
-        ...     state = await client.quota_state(12345)
+        ...     state = await client.quota_state(12345, "getChatHistory")
         ...     print(state.remaining, state.frees_in)
         """
-        return await self._limiter_of(validate_id("business_id", business_id)).state()
+        if operation not in ENDPOINTS:
+            raise ValueError(f"unknown operation {operation!r}; known: {', '.join(ENDPOINTS)}")
+        limiter = self._funnel.limits.limiter(validate_id("business_id", business_id))
+        return await limiter.state(operation)
 
-    # -- the funnel ----------------------------------------------------------------------
+    async def _fetch(self, request: ApiRequest, kind: type[T]) -> T:
+        response = await self._funnel.call(request)
+        return decode(response.status, response.headers, response.body, kind)
 
-    def _in_process_limiter(self, business_id: int) -> Limiter:
-        return limiter_for((str(self._origin), business_id), self.quota, self.max_parallel)
 
-    async def _call(self, business_id: int, path: str, params: dict[str, str]) -> Response:
-        """Send one logical request through limiter, retries and 420 handling."""
-        limiter = self._limiter_of(business_id)
-        loop = asyncio.get_running_loop()
-        wait = self.max_rate_limit_wait
-        deadline = None if wait is None else loop.time() + wait
-        failures = refusals = 0
-        while True:
-            lease = await self._acquire(limiter, business_id, deadline)
-            try:
-                outcome = await self._exchange(limiter, lease, path, params)
-            finally:
-                await lease.release()
-            if not isinstance(outcome, MarketApiError):
-                return outcome
-            if isinstance(outcome, RateLimitError):
-                if outcome.reason == "quota":
-                    # The limiter has been told the window is spent; acquiring waits it out.
-                    delay = 0.0
-                    logger.info(
-                        "quota 420 for cabinet %s; waiting about %.0f s for the window",
-                        business_id,
-                        outcome.retry_after or 0.0,
-                    )
-                else:
-                    refusals += 1
-                    delay = retry_delay(self.retry, outcome, refusals, self._rng) or 0.0
-                    logger.debug("parallel 420, cabinet %s; retry in %.2f s", business_id, delay)
-                if (
-                    deadline is not None
-                    and loop.time() + max(delay, outcome.retry_after or 0) > deadline
-                ):
-                    raise outcome
-            else:
-                failures += 1
-                retry_in = retry_delay(self.retry, outcome, failures, self._rng)
-                if retry_in is None:
-                    raise outcome
-                delay = retry_in
-                logger.debug("attempt %d failed (%s); retry in %.2f s", failures, outcome, delay)
-            await asyncio.sleep(delay)
-
-    async def _exchange(
-        self, limiter: Limiter, lease: Lease, path: str, params: dict[str, str]
-    ) -> Response | MarketApiError:
-        """Send once and tell the limiter what the server said; errors worth a retry come back
-        as values, everything else (2xx and final client errors) as the raw response."""
-        outcome = await self._send(path, params)
-        if isinstance(outcome, MarketApiError):
-            return outcome
-        status, headers, body = outcome
-        info = parse_rate_limit(headers)
-        remaining = info.remaining if info else None
-        error = (
-            error_from_response(status, headers, body) if status >= 500 or status == 420 else None
-        )
-        if isinstance(error, RateLimitError) and error.reason == "quota" and remaining is None:
-            remaining = 0  # spent, says the status, even without the headers
-        await limiter.observe(
-            lease,
-            remaining,
-            info.resets_in if info else None,
-            parallel_refused=isinstance(error, RateLimitError) and error.reason == "parallel",
-        )
-        return error or outcome
-
-    async def _acquire(self, limiter: Limiter, business_id: int, deadline: float | None) -> Lease:
-        if deadline is None:
-            return await limiter.acquire()
-        loop = asyncio.get_running_loop()
-        try:
-            async with asyncio.timeout_at(max(deadline, loop.time())):
-                return await limiter.acquire()
-        except TimeoutError:
-            state = await limiter.state()
-            raise RateLimitError(
-                None,
-                retry_after=state.frees_in,
-                reason="quota" if state.in_flight < state.max_parallel else "parallel",
-                message=(
-                    f"cabinet {business_id}: no request could start within "
-                    f"max_rate_limit_wait={self.max_rate_limit_wait} s"
-                ),
-            ) from None
-
-    async def _send(self, path: str, params: dict[str, str] | None) -> Response | MarketApiError:
-        """One HTTP exchange; credentials go only to the base URL's origin."""
-        session = self._get_session()
-        url = URL(self.base_url + path)
-        timeout = aiohttp.ClientTimeout(total=self.timeout)
-        try:
-            for _ in range(_MAX_REDIRECTS + 1):
-                headers = {"User-Agent": USER_AGENT, "Accept": "application/json"}
-                if url.origin() == self._origin:
-                    headers.update(self._secret.headers())
-                # raise_for_status=False even if a passed-in session says otherwise: aiohttp's
-                # ClientResponseError would carry the request headers, credentials included.
-                async with session.get(
-                    url,
-                    params=params,
-                    headers=headers,
-                    allow_redirects=False,
-                    timeout=timeout,
-                    raise_for_status=False,
-                ) as resp:
-                    body = await resp.read()
-                    location = resp.headers.get("Location")
-                    if resp.status in _REDIRECTS and location:
-                        url, params = resp.url.join(URL(location)), None
-                        logger.debug("redirected to %s", url.with_query(None))
-                        continue
-                    return resp.status, {k.lower(): v for k, v in resp.headers.items()}, body
-        except (aiohttp.ClientError, TimeoutError) as exc:
-            what = f"timed out after {self.timeout} s" if isinstance(exc, TimeoutError) else exc
-            error = MarketConnectionError(None, message=f"{type(exc).__name__}: {what}")
-            error.__cause__ = exc
-            return error
-        return MarketApiError(None, message=f"more than {_MAX_REDIRECTS} redirects")
-
-    def _get_session(self) -> aiohttp.ClientSession:
-        if self._session is None:
-            self._session = aiohttp.ClientSession()
-        return self._session
+def _credentials(api_key: str | None, oauth_token: str | None) -> Secret:
+    if api_key is not None and oauth_token is not None:
+        raise ValueError("give either api_key or oauth_token, not both")
+    if api_key is None and oauth_token is None:
+        api_key = os.environ.get(API_KEY_ENV) or None
+    if api_key is not None:
+        return Secret("Api-Key", _nonblank("api_key", api_key))
+    if oauth_token is not None:
+        return Secret("Authorization", _nonblank("oauth_token", oauth_token), scheme="Bearer")
+    raise ValueError(
+        f"no credentials: pass api_key=... (or the legacy oauth_token=...), "
+        f"or set the {API_KEY_ENV} environment variable"
+    )
 
 
 def _nonblank(name: str, value: str) -> str:
     if not isinstance(value, str) or not value.strip():
         raise ValueError(f"{name} must be a non-empty string")
     return value.strip()
+
+
+def _quotas(quota: Quota | None, quotas: Mapping[str, Quota] | None) -> dict[str, Quota]:
+    merged = dict(DEFAULT_QUOTAS)
+    if quota is not None:
+        merged["getChatMessage"] = quota
+    for name, value in (quotas or {}).items():
+        if name not in ENDPOINTS:
+            raise ValueError(f"quotas: unknown operation {name!r}; known: {', '.join(ENDPOINTS)}")
+        if not isinstance(value, Quota):
+            raise TypeError(f"quotas[{name!r}] must be a Quota, not {type(value).__name__}")
+        merged[name] = value
+    return merged
+
+
+async def _file_part(file: FileInput, filename: str | None) -> FilePart:
+    """Read what ``send_file`` was given, refusing more than the service accepts unread."""
+    if isinstance(file, bytes):
+        content, name = file, filename or "file"
+    elif isinstance(file, (str, os.PathLike)):
+        path = Path(file)
+        size = (await asyncio.to_thread(path.stat)).st_size
+        if size > MAX_FILE_BYTES:
+            raise ValueError(
+                f"{path} has {size} bytes; the Market accepts at most {MAX_FILE_BYTES}"
+            )
+        content, name = await asyncio.to_thread(path.read_bytes), filename or path.name
+    elif hasattr(file, "read"):
+        content = await asyncio.to_thread(file.read, MAX_FILE_BYTES + 1)
+        if not isinstance(content, bytes):
+            raise TypeError("file must be opened in binary mode")
+        name = filename or Path(str(getattr(file, "name", "file"))).name
+    else:
+        raise TypeError(f"file must be bytes, a path or a binary file, not {type(file).__name__}")
+    content_type = mimetypes.guess_type(name)[0] or "application/octet-stream"
+    return FilePart(name, content, content_type)

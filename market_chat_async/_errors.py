@@ -9,12 +9,15 @@
     ├── ServerError                5xx, after the retries ran out
     ├── MalformedResponseError     a response that is not the documented JSON
     ├── MarketConnectionError      network failure or timeout, after the retries (status None)
+    ├── OutcomeUnknownError        a write (send, create) failed where the service may have
+    │                              acted; not retried, so it never happens twice
     └── LimiterUnavailableError    the shared (Redis) limiter cannot be reached; nothing was sent
 
 Other statuses the service documents (405, 415, 423, ...) raise ``MarketApiError`` itself.
-Exceptions carry plain data (status, parsed errors, rate-limit headers), never a live response,
-so they pickle and print safely; none of them ever holds a credential. Invalid ids are refused
-before any request with the built-in ``TypeError`` / ``ValueError``.
+Exceptions carry plain data (status, parsed errors, rate-limit headers), never a live response
+or an HTTP library's exception (those can hold the request's headers), so they pickle and print
+safely; none of them ever holds a credential, even one the server echoed back. Invalid ids are
+refused before any request with the built-in ``TypeError`` / ``ValueError``.
 """
 
 from __future__ import annotations
@@ -32,6 +35,7 @@ __all__ = [
     "MarketApiError",
     "MarketConnectionError",
     "NotFoundError",
+    "OutcomeUnknownError",
     "RateLimitError",
     "ServerError",
     "UnauthorizedError",
@@ -160,11 +164,58 @@ class MalformedResponseError(MarketApiError):
 class MarketConnectionError(MarketApiError):
     """The request never got an answer (connection failed or dropped, or it timed out).
 
-    Raised after the retries ran out; the last network error is chained as ``__cause__``.
+    Raised after the retries ran out. The network error's type and text are in the message;
+    nothing of the HTTP library is chained, since its errors can carry the request's headers.
+    ``sent`` is ``False`` when the connection was refused before anything was sent.
 
-    >>> MarketConnectionError(None, message="timed out after 30.0 s").status is None
+    >>> MarketConnectionError(None, message="timed out after 30.0 s").sent
     True
     """
+
+    def __init__(
+        self,
+        status: int | None = None,
+        errors: Sequence[ApiErrorItem] = (),
+        *,
+        message: str | None = None,
+        headers: Mapping[str, str] | None = None,
+        sent: bool = True,
+    ) -> None:
+        self.sent = sent
+        super().__init__(status, errors, message=message, headers=headers)
+
+
+class OutcomeUnknownError(MarketApiError):
+    """A write failed in a way that leaves open whether the service carried it out.
+
+    After a 5xx, a timeout or a connection dropped mid-request, a message or file may or may
+    not have reached the customer, and a chat may or may not have been created. The client does
+    not try again, so nothing ever reaches a customer twice; check (for instance with
+    ``iter_history``) before you send again. The failure is chained as ``__cause__``.
+
+    >>> from market_chat_async import ServerError
+    >>> err = OutcomeUnknownError.after("sendMessageToChat", ServerError(502))
+    >>> err.status, err.operation
+    (502, 'sendMessageToChat')
+    """
+
+    operation: str = ""
+
+    @classmethod
+    def after(cls, operation: str, error: MarketApiError) -> OutcomeUnknownError:
+        """The unknown outcome of ``operation`` after ``error``."""
+        err = cls(
+            error.status,
+            error.errors,
+            message=(
+                f"{operation} may or may not have been carried out ({error}); "
+                "it was not retried, so that it never happens twice"
+            ),
+            headers=error.headers,
+        )
+        err.operation = operation
+        err.__cause__ = error
+        return err
 
 
 class LimiterUnavailableError(MarketApiError):

@@ -14,19 +14,53 @@ from typing import Any
 
 import attrs
 
-__all__ = ["ApiErrorItem", "Attachment", "ChatMessage", "Sender"]
+__all__ = [
+    "ApiErrorItem",
+    "Attachment",
+    "Chat",
+    "ChatContext",
+    "ChatContextType",
+    "ChatMessage",
+    "ChatStatus",
+    "ChatType",
+    "Customer",
+    "OpenEnum",
+    "Sender",
+]
 
 
-class Sender(enum.StrEnum):
-    """Who sent a chat message.
+class OpenEnum(enum.StrEnum):
+    """A string enum of the API that tolerates values the service adds after this release.
 
-    A value the service adds after this release does not make a message unreadable: it becomes a
-    pseudo-member that is none of the known ones but keeps the raw string as its ``value``.
+    Such a value does not make a response unreadable: it becomes a pseudo-member that is none of
+    the known ones but keeps the raw string as its ``value``.
 
     >>> Sender("CUSTOMER") is Sender.CUSTOMER
     True
     >>> Sender("ROBOT").value, Sender("ROBOT").is_known
     ('ROBOT', False)
+    """
+
+    @classmethod
+    def _missing_(cls, value: object) -> OpenEnum | None:
+        if not isinstance(value, str):
+            return None
+        pseudo = str.__new__(cls, value)
+        pseudo._name_ = value
+        pseudo._value_ = value
+        return pseudo
+
+    @property
+    def is_known(self) -> bool:
+        """Whether this is one of the values this release was built with."""
+        return self._name_ in type(self).__members__
+
+
+class Sender(OpenEnum):
+    """Who sent a chat message (an :class:`OpenEnum`).
+
+    >>> Sender("CUSTOMER") is Sender.CUSTOMER
+    True
     """
 
     PARTNER = "PARTNER"
@@ -38,19 +72,54 @@ class Sender(enum.StrEnum):
     SUPPORT = "SUPPORT"
     """A Market support employee."""
 
-    @classmethod
-    def _missing_(cls, value: object) -> Sender | None:
-        if not isinstance(value, str):
-            return None
-        pseudo = str.__new__(cls, value)
-        pseudo._name_ = value
-        pseudo._value_ = value
-        return pseudo
 
-    @property
-    def is_known(self) -> bool:
-        """Whether this is one of the senders this release was built with."""
-        return self._name_ in type(self).__members__
+class ChatType(OpenEnum):
+    """What kind of chat it is (an :class:`OpenEnum`).
+
+    >>> ChatType("ARBITRAGE") is ChatType.ARBITRAGE
+    True
+    """
+
+    CHAT = "CHAT"
+    """A chat with a customer."""
+    ARBITRAGE = "ARBITRAGE"
+    """A dispute."""
+
+
+class ChatStatus(OpenEnum):
+    """Whose turn it is in a chat (an :class:`OpenEnum`).
+
+    >>> ChatStatus("WAITING_FOR_PARTNER").value
+    'WAITING_FOR_PARTNER'
+    """
+
+    NEW = "NEW"
+    """A new chat."""
+    WAITING_FOR_CUSTOMER = "WAITING_FOR_CUSTOMER"
+    """The customer is to answer."""
+    WAITING_FOR_PARTNER = "WAITING_FOR_PARTNER"
+    """The shop (you) is to answer."""
+    WAITING_FOR_ARBITER = "WAITING_FOR_ARBITER"
+    """The arbiter is to answer."""
+    WAITING_FOR_MARKET = "WAITING_FOR_MARKET"
+    """The Market is to answer."""
+    FINISHED = "FINISHED"
+    """The chat is over."""
+
+
+class ChatContextType(OpenEnum):
+    """What a chat is about (an :class:`OpenEnum`).
+
+    >>> ChatContextType("DIRECT") is ChatContextType.DIRECT
+    True
+    """
+
+    ORDER = "ORDER"
+    """An order."""
+    RETURN = "RETURN"
+    """A return (FBY, FBS and Express)."""
+    DIRECT = "DIRECT"
+    """A chat the customer started."""
 
 
 @attrs.frozen
@@ -93,6 +162,59 @@ class ChatMessage:
     sender: Sender
     message: str | None = None
     payload: tuple[Attachment, ...] = ()
+    extra: Mapping[str, Any] = attrs.field(factory=dict, eq=False, repr=False)
+
+
+@attrs.frozen
+class Customer:
+    """The customer of a chat, as public as their Yandex ID profile.
+
+    >>> Customer(name="Ivan P.", public_id="abc123").name
+    'Ivan P.'
+    """
+
+    name: str | None = None
+    public_id: str | None = None
+
+
+@attrs.frozen
+class ChatContext:
+    """What a chat is about: an order, a return, or nothing (a chat the customer started).
+
+    ``order_id`` and ``campaign_id`` come for orders and returns, ``return_id`` for returns only.
+
+    >>> ChatContext(type=ChatContextType.ORDER, order_id=42).order_id
+    42
+    """
+
+    type: ChatContextType
+    order_id: int | None = None
+    return_id: int | None = None
+    campaign_id: int | None = None
+    customer: Customer | None = None
+
+
+@attrs.frozen
+class Chat:
+    """One chat of a cabinet, as getChat and getChats return it.
+
+    ``updated_at`` is the time of the chat's last message. ``extra`` holds any fields this
+    release does not know (the deprecated ``orderId`` among them), untouched.
+
+    >>> from datetime import datetime, timezone
+    >>> when = datetime(2017, 11, 21, tzinfo=timezone.utc)
+    >>> chat = Chat(chat_id=7, type=ChatType.CHAT, status=ChatStatus.NEW, created_at=when,
+    ...             updated_at=when, context=ChatContext(type=ChatContextType.DIRECT))
+    >>> chat.status.value
+    'NEW'
+    """
+
+    chat_id: int
+    type: ChatType
+    status: ChatStatus
+    created_at: datetime
+    updated_at: datetime
+    context: ChatContext
     extra: Mapping[str, Any] = attrs.field(factory=dict, eq=False, repr=False)
 
 

@@ -17,6 +17,7 @@ from market_chat_async import (
     ServerError,
     UnauthorizedError,
 )
+from market_chat_async._limits import forget_all
 from market_chat_async.testing import MarketTestServer, RunningServer, serve
 
 API_KEY = "test-api-key"
@@ -34,6 +35,12 @@ CLIENT_ERRORS: list[tuple[int, type[MarketApiError]]] = [
 ]
 # ... and the rest.
 ALL_ERRORS = [*CLIENT_ERRORS, (420, RateLimitError), (500, ServerError), (503, ServerError)]
+
+
+@pytest.fixture(autouse=True)
+def fresh_limiters() -> None:
+    """Each test's event loop has a clock of its own (looptime): no cabinet state carries over."""
+    forget_all()
 
 
 @pytest.fixture

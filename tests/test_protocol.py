@@ -21,14 +21,15 @@ from market_chat_async import (
     ServerError,
     UnauthorizedError,
 )
+from market_chat_async._models import ChatMessage
 from market_chat_async._protocol import (
-    decode_message,
+    decode,
     error_from_response,
     message_request,
     parse_rate_limit,
-    retry_delay,
     validate_id,
 )
+from market_chat_async._retry import retry_delay
 
 from .conftest import ALL_ERRORS
 
@@ -68,8 +69,16 @@ def test_invalid_ids(value: object, exc: type[Exception]) -> None:
         validate_id("chat_id", value)
 
 
+def decode_message(status: int, headers: dict[str, str], body: bytes) -> ChatMessage:
+    if not 200 <= status < 300:
+        raise error_from_response(status, headers, body)
+    return decode(status, headers, body, ChatMessage)
+
+
 def test_request_parts() -> None:
-    assert message_request(1, 2, 3) == (
+    request = message_request(1, 2, 3)
+    assert (request.endpoint.method, request.path, dict(request.params)) == (
+        "GET",
         "/v2/businesses/1/chats/message",
         {"chatId": "2", "messageId": "3"},
     )
@@ -129,7 +138,8 @@ def test_rate_limit_headers() -> None:
     broken = parse_rate_limit(
         {"x-ratelimit-resource-remaining": "lots", "x-ratelimit-resource-until": "soon"}
     )
-    assert broken is None
+    assert broken is not None
+    assert (broken.remaining, broken.until, broken.resets_in) == (None, None, None)
 
 
 def test_420_parallel_cap_is_told_from_quota() -> None:
