@@ -291,7 +291,7 @@ def open_queue(url: str | NotificationQueue) -> NotificationQueue:
             raise ValueError(f"queue URL option {name} must be positive")
         return {name: value}
 
-    if url == "memory" or parts.scheme == "memory":
+    if parts.scheme == "memory" or (not parts.scheme and parts.path == "memory"):
         queue: NotificationQueue = MemoryQueue(
             dedup_window=number("dedup_window").get("dedup_window", DEFAULT_DEDUP_WINDOW)
         )
