@@ -165,8 +165,7 @@ def server_in_thread(server: MarketTestServer) -> Iterator[RunningServer]:
         async with serve(server) as live:
             running.append(live)
             started.set()
-            while not stop.is_set():
-                await asyncio.sleep(0.01)
+            await asyncio.to_thread(stop.wait)
 
     thread = threading.Thread(target=loop.run_until_complete, args=(main(),), daemon=True)
     thread.start()
