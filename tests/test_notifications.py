@@ -106,7 +106,7 @@ class Recorder:
 
 @asynccontextmanager
 async def running_app(
-    client: MarketChatClient, on_message: Callable[..., Awaitable[None]], **options: Any
+    client: MarketChatClient, on_message: Callable[..., object], **options: Any
 ) -> AsyncIterator[tuple[TestClient[Any, Any], NotificationReceiver]]:
     """``create_app`` on a real 127.0.0.1 port; leaving the block shuts the app down (drain)."""
     options.setdefault("allow_from", None)

@@ -237,8 +237,8 @@ async def serve(
     seconds; a second signal stops at once. Either way nothing accepted is lost from a
     durable queue: what is left is handled after the next start. Connections must send their
     headers within ``header_timeout`` seconds, at most ``max_connections`` are open.
-    ``on_ready(url)`` is called once listening. Returns 0 after a drain, 130 after a second
-    signal.
+    ``on_ready(url)`` is called once listening. Returns 0 after a drain, ``128 + signal``
+    (130 for Ctrl-C, 143 for SIGTERM) after a second signal.
 
     Example::
 
@@ -253,12 +253,12 @@ async def serve(
     await runner.setup()  # starts the receiver: the queue is open before the first request
     loop = asyncio.get_running_loop()
     first = asyncio.Event()
-    signals = 0
+    signals = status = 0
     main = asyncio.current_task()
     assert main is not None
 
     def on_signal(signum: int) -> None:
-        nonlocal signals
+        nonlocal signals, status
         signals += 1
         if signals == 1:
             logger.warning("%s: draining for up to %s s", signal.Signals(signum).name,
@@ -267,6 +267,7 @@ async def serve(
             first.set()
         else:
             logger.warning("second signal: stopping now; the queue keeps what is left")
+            status = 128 + signum
             main.cancel()
 
     installed = []
@@ -274,7 +275,6 @@ async def serve(
         with contextlib.suppress(NotImplementedError, RuntimeError):
             loop.add_signal_handler(signum, on_signal, signum)
             installed.append(signum)
-    status = 0
     try:
         site = _GuardedSite(runner, host, port, app[_CONNECTIONS])
         await site.start()
@@ -285,7 +285,8 @@ async def serve(
         await first.wait()
         await receiver.close()  # drains; requests still get answers (503) meanwhile
     except asyncio.CancelledError:
-        status = 130
+        if not status:  # cancelled from outside, not by a second signal
+            raise
         main.uncancel()
         await receiver.close(drain_timeout=0)
     finally:
