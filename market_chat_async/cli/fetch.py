@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 from .inputs import pack, read_rows
-from .options import client_from, file_arg, file_or_dash, id_arg
+from .options import add_business_id, client_from, file_arg, file_or_dash
 from .outputs import (
     JsonLines,
     OutputError,
@@ -50,9 +50,7 @@ def add_parser(commands: Subparsers, shared: SharedOptions) -> argparse.Argument
         "messages to stdout (OUTPUT; then there is nothing to resume from, and --errors must "
         "name the errors file).",
     )
-    parser.add_argument(
-        "--business-id", type=id_arg, required=True, metavar="B", help="the cabinet"
-    )
+    add_business_id(parser)
     parser.add_argument(
         "--input",
         type=file_or_dash,

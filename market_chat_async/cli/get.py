@@ -7,7 +7,7 @@ import json
 import sys
 from typing import TYPE_CHECKING
 
-from .options import client_from, id_arg
+from .options import add_business_id, add_chat_id, client_from, id_arg
 from .outputs import message_record
 from .status import FAILED, OK
 
@@ -26,10 +26,8 @@ def add_parser(commands: Subparsers, shared: SharedOptions) -> argparse.Argument
         help="print one message as JSON",
         description="Print one message as indented JSON in the API's own shape, with chatId added.",
     )
-    parser.add_argument(
-        "--business-id", type=id_arg, required=True, metavar="B", help="the cabinet"
-    )
-    parser.add_argument("--chat-id", type=id_arg, required=True, metavar="C", help="the chat")
+    add_business_id(parser)
+    add_chat_id(parser)
     parser.add_argument("--message-id", type=id_arg, required=True, metavar="M", help="the message")
     return parser
 

@@ -24,7 +24,9 @@ import argparse
 import functools
 import os
 from pathlib import Path
-from typing import TYPE_CHECKING, Final, NamedTuple, Protocol
+from typing import TYPE_CHECKING, NamedTuple, Protocol
+
+from market_chat_async._env import API_KEY_ENV, BASE_URL_ENV
 
 from .inputs import INT64_MAX, parse_id
 from .status import UsageError
@@ -41,6 +43,8 @@ __all__ = [
     "BASE_URL_ENV",
     "Command",
     "SharedOptions",
+    "add_business_id",
+    "add_chat_id",
     "client_from",
     "file_arg",
     "file_or_dash",
@@ -51,10 +55,6 @@ __all__ = [
     "shared_options",
     "verbosity",
 ]
-
-API_KEY_ENV: Final = "YANDEX_MARKET_API_KEY"
-BASE_URL_ENV: Final = "YANDEX_MARKET_BASE_URL"
-"""Sets ``--base-url`` when that is not given (a test server, a proxy of your own)."""
 
 
 class Command(Protocol):
@@ -94,6 +94,18 @@ def id_arg(text: str) -> int:
         raise argparse.ArgumentTypeError(
             f"expected a whole number from 1 to {INT64_MAX}, got {text!r}"
         ) from None
+
+
+def add_business_id(parser: argparse.ArgumentParser) -> None:
+    """``--business-id B``, required: the cabinet."""
+    parser.add_argument(
+        "--business-id", type=id_arg, required=True, metavar="B", help="the cabinet"
+    )
+
+
+def add_chat_id(parser: argparse.ArgumentParser) -> None:
+    """``--chat-id C``, required: the chat."""
+    parser.add_argument("--chat-id", type=id_arg, required=True, metavar="C", help="the chat")
 
 
 def quota_arg(text: str) -> Quota:
@@ -224,6 +236,12 @@ def shared_options() -> SharedOptions:
         "to other users of the machine)",
     )
     group.add_argument(
+        "--proxy",
+        metavar="URL",
+        help="an HTTP proxy for the API's requests (default: $HTTPS_PROXY/$HTTP_PROXY, "
+        "less $NO_PROXY)",
+    )
+    group.add_argument(
         "--quota",
         type=quota_arg,
         default=None,  # the client's own
@@ -253,6 +271,8 @@ def client_from(args: argparse.Namespace) -> MarketChatClient:
     try:
         # Only what was given is passed: the rest keeps the client's own defaults.
         base_url = args.base_url or os.environ.get(BASE_URL_ENV, "").strip()
-        return make(base_url=base_url) if base_url else make()
+        if base_url:
+            make = functools.partial(make, base_url=base_url)
+        return make(proxy=args.proxy) if args.proxy else make()
     except ValueError as exc:  # its messages never include the key
         raise UsageError(str(exc)) from None

@@ -8,15 +8,18 @@ import json
 import os
 import stat
 import sys
-from collections.abc import Callable
+from collections.abc import AsyncIterable, Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .inputs import pack, parse_id
-from .status import UsageError
+from .progress import plural
+from .status import FAILED, OK, UsageError
 
 if TYPE_CHECKING:
     from market_chat_async import ChatMessage
+
+    from .progress import Console
 
 __all__ = [
     "JsonLines",
@@ -27,6 +30,7 @@ __all__ = [
     "load_done",
     "message_record",
     "same_file",
+    "write_stream",
 ]
 
 
@@ -125,6 +129,30 @@ def same_file(a: Path, b: Path) -> bool:
     )
 
 
+async def write_stream(
+    records: AsyncIterable[dict[str, Any]], sink: JsonLines, console: Console, *, noun: str
+) -> int:
+    """Write every record to ``sink`` as it comes; the exit status. An API error ends the run
+    in one line (exit 1) and keeps the lines already written.
+
+    ``noun`` is what a record is (``"chat"``), for the summary line.
+    """
+    from market_chat_async import MarketApiError
+
+    try:
+        async for record in records:
+            sink.write(record)
+    except MarketApiError as exc:
+        console.warn(
+            f"error: {type(exc).__name__}: {exc} (after {plural(sink.count, noun)} written)"
+        )
+        return FAILED
+    finally:
+        sink.close()
+    console.info(f"market-chat: {plural(sink.count, noun)} written to {sink.name}")
+    return OK
+
+
 def errors_path(output: Path) -> Path:
     """Where failures go by default: ``<output>.errors.jsonl`` next to the output.
 
@@ -152,7 +180,7 @@ def message_record(
     chat_id: int, message: ChatMessage, business_id: int | None = None
 ) -> dict[str, Any]:
     """The line written for a message: ``chatId`` (and ``businessId``), then the API's shape."""
-    from market_chat_async._bulk import to_api_dict
+    from market_chat_async import to_api_dict
 
     ids = {"businessId": business_id} if business_id is not None else {}
     return {**ids, "chatId": chat_id, **to_api_dict(message)}

@@ -12,12 +12,22 @@ from typing import Final
 
 from market_chat_async._version import __version__
 
-from . import completion, demo, fetch, get, serve
+from . import chats, completion, demo, fetch, get, history, queue, send, serve
 from .options import Command, add_verbosity, shared_options
 
 __all__ = ["COMMANDS", "build_parser"]
 
-COMMANDS: Final[tuple[Command, ...]] = (get, fetch, serve, demo, completion)
+COMMANDS: Final[tuple[Command, ...]] = (
+    get,
+    fetch,
+    chats,
+    history,
+    send,
+    serve,
+    queue,
+    demo,
+    completion,
+)
 
 
 def build_parser() -> argparse.ArgumentParser:
