@@ -387,6 +387,7 @@ class NotificationReceiver:
         self._empty = asyncio.Event()  # and nothing waiting for a later try either
         self._closed = asyncio.Event()
         self._workers: list[asyncio.Task[None]] = []
+        self._closing = False
         self._backlog = 0  # the queue's backlog as last seen; checked against max_pending
         self._clock_anchor: tuple[float, float] | None = None
         self._counts = dict.fromkeys(
@@ -476,18 +477,16 @@ class NotificationReceiver:
         if self._state in ("new", "closed"):
             self._state = "closed"
             return list(self.unfinished)
-        if self._closed.is_set() or getattr(self, "_closing", False):
+        if self._closed.is_set() or self._closing:
             await self._closed.wait()
             return list(self.unfinished)
         self._closing = True
         grace = self.options.drain_timeout if drain_timeout is None else drain_timeout
         self.stop_accepting()
         try:
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(grace):
-                    self._quiet.clear()
-                    self._wake.set()
-                    await self._quiet.wait()
+            self._quiet.clear()
+            self._wake.set()
+            await _wait_for(self._quiet, grace)
         finally:
             await self._shut_down()
         return list(self.unfinished)
@@ -496,9 +495,11 @@ class NotificationReceiver:
         self._state = "closed"
         left = [entry for entry, _ in self._in_flight.values()]
         tasks = [*self._workers, *(task for _, task in self._in_flight.values())]
+        self._wake.set()  # the dispatcher sees "closed" even if a library swallows a cancel
         for task in tasks:
             task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+        if tasks:
+            await asyncio.wait(tasks, timeout=10.0)
         self._in_flight.clear()
         if not self.queue.durable:
             left += await self.queue.claim(10**9, float("inf"))
@@ -673,7 +674,7 @@ class NotificationReceiver:
 
     async def _dispatch(self) -> None:
         """Claim due entries while there are free slots; each runs in a task of its own."""
-        while True:
+        while self._state in ("running", "draining"):
             free = self.options.concurrency - len(self._in_flight)
             entries: list[QueueEntry] = []
             if free > 0:
@@ -681,6 +682,8 @@ class NotificationReceiver:
                     entries = await self.queue.claim(free, self.now())
                 except QueueError as exc:
                     logger.error("cannot read the queue (will try again): %s", short_error(exc))
+            if self.state == "closed":  # claimed as the receiver stopped: due again later
+                break
             for entry in entries:
                 task = asyncio.get_running_loop().create_task(
                     self._deliver(entry), name=f"notification {entry.id}"
@@ -695,9 +698,7 @@ class NotificationReceiver:
                         self._empty.set()
                 self._quiet.set()
             self._wake.clear()
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(_POLL):
-                    await self._wake.wait()
+            await _wait_for(self._wake, _POLL)
 
     async def _renew(self) -> None:
         """Keep the leases of what is in flight (a shared queue's visibility timeout)."""
@@ -851,6 +852,16 @@ class NotificationReceiver:
                 "stage": stage, "attempts": attempts, "age_s": age,
             },
         )  # fmt: skip
+
+
+async def _wait_for(event: asyncio.Event, seconds: float) -> None:
+    """Wait for ``event`` at most ``seconds``; a cancellation always propagates (unlike
+    ``asyncio.timeout`` on Python 3.11 when both fire at once)."""
+    waiter = asyncio.ensure_future(event.wait())
+    try:
+        await asyncio.wait({waiter}, timeout=seconds)
+    finally:
+        waiter.cancel()
 
 
 async def _awaited(hook: Callable[..., object], *args: object) -> object:
