@@ -114,7 +114,7 @@ class Funnel:
         rng: random.Random,
     ) -> None:
         self._secret = secret
-        self._base_url = base_url
+        self._base_url = base_url + "/"  # a path of the API's own origin starts with this
         self._origin = _origin(base_url)
         self.transport = transport
         self.limits = limits
@@ -188,15 +188,17 @@ class Funnel:
 
     async def _exchange(self, request: ApiRequest, body: bytes | None) -> HttpResponse:
         """Send once, following redirects; credentials go only to the base URL's origin."""
-        method, url = request.endpoint.method, self._base_url + request.path
+        method, url = request.endpoint.method, self._base_url[:-1] + request.path
         params: Mapping[str, str] = request.params
         for _ in range(MAX_REDIRECTS + 1):
-            headers = self._auth_headers if _origin(url) == self._origin else self._headers
-            started = time.perf_counter()
+            ours = url.startswith(self._base_url) or _origin(url) == self._origin
+            headers = self._auth_headers if ours else self._headers
+            debug = logger.isEnabledFor(logging.DEBUG)
+            started = time.perf_counter() if debug else 0.0
             response = await self.transport.send(
                 HttpRequest(method, url, params, headers, json=body, file=request.file)
             )
-            if logger.isEnabledFor(logging.DEBUG):
+            if debug:
                 logger.debug(
                     "%s %s -> %d in %.3f s, quota left %s",
                     method,

@@ -21,9 +21,11 @@ much memory before it is refused.
 
 from __future__ import annotations
 
+import urllib.request
 import zlib
 from collections.abc import Mapping
 from typing import Any, Protocol
+from urllib.parse import urlsplit
 
 import aiohttp
 import attrs
@@ -85,10 +87,11 @@ class Transport(Protocol):
 class AiohttpTransport:
     """The default transport, on an ``aiohttp.ClientSession``.
 
-    Without ``session`` it owns one (honouring ``HTTP_PROXY`` / ``HTTPS_PROXY`` / ``NO_PROXY``,
-    ``trust_env=True``) and closes it in :meth:`close`; a passed-in session is never closed.
-    ``timeout`` bounds a whole exchange and ``connect_timeout`` getting a connection, in
-    seconds; ``proxy`` sends every request through that proxy.
+    Without ``session`` it owns one and closes it in :meth:`close`; a passed-in session is never
+    closed. ``timeout`` bounds a whole exchange and ``connect_timeout`` getting a connection, in
+    seconds; ``proxy`` sends every request through that proxy. With neither ``session`` nor
+    ``proxy``, ``HTTP_PROXY`` / ``HTTPS_PROXY`` / ``NO_PROXY`` are honoured as aiohttp's
+    ``trust_env=True`` would, read once per host rather than in a thread for every request.
 
     >>> transport = AiohttpTransport(timeout=10.0, connect_timeout=3.0)
     """
@@ -108,6 +111,10 @@ class AiohttpTransport:
         self._timeout = aiohttp.ClientTimeout(total=timeout, connect=connect_timeout)
         self._proxy = proxy
         self.max_body_bytes = max_body_bytes
+        # Proxy from the environment per origin, for a session of our own without ``proxy``.
+        self._env_proxies: dict[str, str | None] | None = (
+            {} if session is None and proxy is None else None
+        )
 
     def __repr__(self) -> str:
         proxy = " via a proxy" if self._proxy else ""
@@ -121,9 +128,9 @@ class AiohttpTransport:
     async def send(self, request: HttpRequest) -> HttpResponse:
         session = self._session
         if session is None:
-            session = self._session = aiohttp.ClientSession(trust_env=True)
+            session = self._session = aiohttp.ClientSession()
         data: Any = None
-        headers = dict(request.headers)
+        headers = request.headers
         if request.file is not None:
             form = aiohttp.FormData()
             form.add_field(
@@ -135,7 +142,7 @@ class AiohttpTransport:
             data = form
         elif request.json is not None:
             data = request.json
-            headers["Content-Type"] = "application/json"
+            headers = {**headers, "Content-Type": "application/json"}
         try:
             # raise_for_status=False even if a passed-in session says otherwise: aiohttp's
             # ClientResponseError would carry the request headers, credentials included.
@@ -149,12 +156,24 @@ class AiohttpTransport:
                 timeout=self._timeout,
                 raise_for_status=False,
                 auto_decompress=False,
-                proxy=self._proxy,
+                proxy=self._proxy_for(request.url),
             ) as resp:
                 body = await self._read(resp)
                 return HttpResponse(resp.status, resp.headers, body)
         except (aiohttp.ClientError, TimeoutError) as exc:
             raise self._connection_error(exc) from None
+
+    def _proxy_for(self, url: str) -> str | None:
+        known = self._env_proxies
+        if known is None:
+            return self._proxy
+        parts = urlsplit(url)
+        origin = f"{parts.scheme}://{parts.netloc}"
+        if origin not in known:
+            proxies = urllib.request.getproxies_environment()
+            bypass = urllib.request.proxy_bypass(parts.hostname or "")  # reads NO_PROXY
+            known[origin] = None if bypass else proxies.get(parts.scheme)
+        return known[origin]
 
     def _connection_error(self, exc: BaseException) -> MarketConnectionError:
         # Described, not chained: aiohttp's errors can hold request headers or proxy auth.
@@ -177,6 +196,9 @@ class AiohttpTransport:
             inflate = zlib.decompressobj(wbits=zlib.MAX_WBITS | 32)  # gzip or zlib header
         else:
             raise self._malformed(resp, f"unsupported Content-Encoding {encoding!r}")
+        length = resp.content_length
+        if inflate is None and length is not None and length <= cap:
+            return await resp.read()  # the common case: a small body of a known length
         parts: list[bytes] = []
         size = 0
         async for chunk in resp.content.iter_chunked(_CHUNK):

@@ -80,18 +80,20 @@ class CabinetLimiter:
     """
 
     def __init__(self, quotas: Mapping[str, Quota], max_parallel: int) -> None:
-        self.quotas = dict(quotas)
+        self.quotas = quotas
         self.max_parallel = max_parallel
         self._cap = AdaptiveCap(max_parallel)
         self._latency = LatencyTracker()
         self._lock = threading.RLock()
         self._ledgers = {name: ResourceLedger(quota) for name, quota in self.quotas.items()}
-        self._waiters: dict[str, deque[_Waiter]] = {name: deque() for name in self.quotas}
+        # The waiting queue of each resource that has waiters (an empty one is removed).
+        self._waiters: dict[str, deque[_Waiter]] = {}
         self._seq = itertools.count()
         self._in_flight: set[_LocalLease] = set()
         self._lingering: list[float] = []  # when abandoned requests' slots free (a heap)
         self._timers: dict[asyncio.AbstractEventLoop, tuple[float, asyncio.TimerHandle]] = {}
         self._key: Hashable | None = None  # its key in the process registry
+        self._settle_pending = False  # a look at whether it holds nothing is scheduled
 
     @property
     def cap(self) -> int:
@@ -114,11 +116,10 @@ class CabinetLimiter:
         loop = asyncio.get_running_loop()
         with self._lock:
             now = loop.time()
-            queue = self._waiters[resource]
-            if not queue and self._slot_free(now) and ledger.admissible(now):
+            if resource not in self._waiters and self._slot_free(now) and ledger.admissible(now):
                 return self._grant(resource, now)
             waiter = _Waiter(loop, resource, next(self._seq))
-            queue.append(waiter)
+            self._waiters.setdefault(resource, deque()).append(waiter)
             self._wake(now)
         try:
             return await waiter.future
@@ -192,25 +193,31 @@ class CabinetLimiter:
                 if until > now:
                     heapq.heappush(self._lingering, until)
             self._wake(now)
-            if not self._in_flight:
+            if not self._in_flight and not self._settle_pending:
+                self._settle_pending = True
                 _settle_later(self, self._settles_at_locked(now))
 
     def _wake(self, now: float) -> None:
         """Hand leases to the oldest waiters whose resource admits them while slots are free."""
+        if not self._waiters:
+            return
         while self._slot_free(now):
             best: _Waiter | None = None
-            for resource, queue in self._waiters.items():
+            for resource, queue in list(self._waiters.items()):
                 while queue and queue[0].abandoned:
                     queue.popleft()
-                if (
-                    queue
-                    and (best is None or queue[0].seq < best.seq)
-                    and self._ledgers[resource].admissible(now)
-                ):
+                if not queue:
+                    del self._waiters[resource]
+                elif (best is None or queue[0].seq < best.seq) and self._ledgers[
+                    resource
+                ].admissible(now):
                     best = queue[0]
             if best is None:
                 break
-            self._waiters[best.resource].popleft()
+            queue = self._waiters[best.resource]
+            queue.popleft()
+            if not queue:
+                del self._waiters[best.resource]
             best.lease = self._grant(best.resource, now)
             self._deliver(best)
         self._arm_timers(now)
@@ -235,9 +242,8 @@ class CabinetLimiter:
         when = math.inf
         loops: set[asyncio.AbstractEventLoop] = set()
         for resource, queue in self._waiters.items():
-            if queue:
-                loops.update(w.loop for w in queue if not w.abandoned)
-                when = min(when, self._ledgers[resource].next_change(now))
+            loops.update(w.loop for w in queue if not w.abandoned)
+            when = min(when, self._ledgers[resource].next_change(now))
         if self._lingering:
             when = min(when, self._lingering[0])
         if when == math.inf:
@@ -287,7 +293,7 @@ class CabinetLimiter:
                 not self._in_flight
                 and not self._lingering
                 and self._cap.at_rest
-                and not any(self._waiters.values())
+                and not any(not w.abandoned for q in self._waiters.values() for w in q)
                 and all(ledger.holds_nothing(now) for ledger in self._ledgers.values())
             )
 
@@ -331,9 +337,11 @@ def _forget_settled(now: float) -> None:
         limiter = _held.get(key)
         if limiter is None:
             continue
+        limiter._settle_pending = False
         if limiter.holds_nothing(now):
             del _held[key]
         elif not limiter._in_flight:  # else its last release looks again
+            limiter._settle_pending = True
             _settle_later(limiter, limiter._settles_at(now))
 
 
@@ -345,6 +353,15 @@ def limiter_for(key: Hashable, quotas: Mapping[str, Quota], max_parallel: int) -
     Asking for the same cabinet with other limits is a configuration error, refused loudly
     rather than splitting the quota. A cabinet's state is let go once it holds nothing.
     """
+    limiter = _registry.get(key)
+    if (
+        limiter is not None
+        and limiter._settle_pending
+        and (limiter.quotas is quotas or limiter.quotas == quotas)
+        and limiter.max_parallel == max_parallel
+        and not (_settling and _settling[0][0] <= _now())
+    ):
+        return limiter  # the common case: in use, and nothing else to let go of
     with _registry_lock:
         _forget_settled(_now())
         limiter = _registry.get(key)
@@ -352,7 +369,7 @@ def limiter_for(key: Hashable, quotas: Mapping[str, Quota], max_parallel: int) -
             limiter = CabinetLimiter(quotas, max_parallel)
             limiter._key = key
             _registry[key] = limiter
-        elif limiter.quotas != dict(quotas) or limiter.max_parallel != max_parallel:
+        elif limiter.quotas != quotas or limiter.max_parallel != max_parallel:
             raise ValueError(
                 f"cabinet {key!r} already has a limiter with {limiter.quotas} and "
                 f"max_parallel={limiter.max_parallel} in this process; every client for one "
@@ -361,6 +378,8 @@ def limiter_for(key: Hashable, quotas: Mapping[str, Quota], max_parallel: int) -
             )
         if key not in _held:
             _held[key] = limiter
+        if not limiter._settle_pending:
+            limiter._settle_pending = True
             _settle_later(limiter, _now())
         return limiter
 

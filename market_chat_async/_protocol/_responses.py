@@ -81,6 +81,18 @@ def _int_header(value: str | None) -> int | None:
         return None
 
 
+@functools.lru_cache(maxsize=256)
+def _seconds_between(date_text: str | None, until_text: str) -> float | None:
+    """``Until`` minus ``Date`` in seconds, or until from now without a ``Date``."""
+    until = _http_date(until_text)
+    if until is None:
+        return None
+    date = _http_date(date_text) if date_text else None
+    if date is None:
+        return max(0.0, (until - datetime.now(UTC)).total_seconds())
+    return max(0.0, (until - date).total_seconds())
+
+
 @attrs.frozen
 class RateLimitInfo:
     """The ``X-RateLimit-Resource-*`` headers of one response.
@@ -111,12 +123,11 @@ class RateLimitInfo:
     @property
     def resets_in(self) -> float | None:
         """Seconds from the response until the server's window frees, if the headers say."""
-        until = self.until
-        if until is None:
+        if self.until_text is None:
             return None
-        date = _http_date(self.date_text) if self.date_text else None
-        now = date or datetime.now(UTC)
-        return max(0.0, (until - now).total_seconds())
+        if self.date_text is None:  # not cacheable: measured from the local clock
+            return _seconds_between.__wrapped__(None, self.until_text)
+        return _seconds_between(self.date_text, self.until_text)
 
 
 def parse_rate_limit(headers: Mapping[str, str]) -> RateLimitInfo | None:
@@ -207,14 +218,13 @@ def answer_for(status: int, headers: Mapping[str, str], error: MarketApiError | 
     >>> answer_for(200, {"x-ratelimit-resource-remaining": "7"}, None)
     Answer(remaining=7, resets_in=None, parallel_refused=False)
     """
-    info = parse_rate_limit(headers)
-    remaining = info.remaining if info else None
+    remaining = _int_header(headers.get("x-ratelimit-resource-remaining"))
+    until = headers.get("x-ratelimit-resource-until")
     refused = isinstance(error, RateLimitError) and error.reason == "parallel"
     if isinstance(error, RateLimitError) and not refused and remaining is None:
         remaining = 0  # spent, says the status, even without the headers
-    # Until/Date matter only where the tokens do not decide alone: a lower Remaining.
-    resets_in = info.resets_in if info is not None and info.until_text is not None else None
-    return Answer(remaining, resets_in, parallel_refused=refused)
+    info = RateLimitInfo(None, remaining, until, headers.get("date")) if until else None
+    return Answer(remaining, info.resets_in if info else None, parallel_refused=refused)
 
 
 def _result(status: int, headers: Mapping[str, str], body: bytes) -> Any:
