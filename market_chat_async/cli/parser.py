@@ -2,7 +2,8 @@
 
 To add a command, write a module beside this one with ``add_parser(commands, shared)`` and
 ``async run(args, console) -> int`` (see :mod:`market_chat_async.cli.options`), import it
-here and put it in ``COMMANDS``; the order of ``COMMANDS`` is the order of ``--help``.
+here (``import market_chat_async.cli.NAME as NAME``) and put it in ``COMMANDS``; the order
+of ``COMMANDS`` is the order of ``--help``.
 """
 
 from __future__ import annotations
@@ -10,9 +11,19 @@ from __future__ import annotations
 import argparse
 from typing import Final
 
+# By full name, not `from . import ...`: the command modules, not this package's __init__
+# (which imports this module), are what the parser depends on.
+import market_chat_async.cli.chats as chats
+import market_chat_async.cli.completion as completion
+import market_chat_async.cli.demo as demo
+import market_chat_async.cli.fetch as fetch
+import market_chat_async.cli.get as get
+import market_chat_async.cli.history as history
+import market_chat_async.cli.queue as queue
+import market_chat_async.cli.send as send
+import market_chat_async.cli.serve as serve
 from market_chat_async._version import __version__
 
-from . import chats, completion, demo, fetch, get, history, queue, send, serve
 from .options import Command, add_verbosity, shared_options
 
 __all__ = ["COMMANDS", "build_parser"]
