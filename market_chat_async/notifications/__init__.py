@@ -36,9 +36,9 @@ Everything is logged under the ``market_chat_async.notifications`` logger; crede
 appear there. Every give-up is one error line starting ``gave up: event=dead_letter``.
 """
 
-from ._app import RECEIVER, create_app, serve
+from . import _app, _events, _queue, _receiver, _sources
+from ._app import create_app, serve
 from ._events import (
-    AnyNotification,
     ChatCreated,
     ChatMessageSent,
     Notification,
@@ -48,7 +48,6 @@ from ._events import (
     parse_notification,
 )
 from ._queue import (
-    DEFAULT_DEDUP_WINDOW,
     MemoryQueue,
     NotificationQueue,
     QueueEntry,
@@ -57,24 +56,48 @@ from ._queue import (
     open_queue,
 )
 from ._receiver import (
-    DEFAULT_MAX_BODY_SIZE,
-    ChatCreatedHandler,
     Failure,
     HandlerTimeoutError,
     Health,
-    MessageHandler,
     MessageSource,
-    NotificationHandler,
     NotificationReceiver,
-    Outcome,
     ReceiverOptions,
     ReceiverStats,
     Reply,
 )
 from ._redis import RedisQueue
 from ._retry import HandlerRetry, is_auth_error, retry_delay
-from ._sources import MARKET_NETWORKS, client_address
+from ._sources import client_address
 from ._sqlite import SqliteQueue
+
+# Public constants and type aliases: documented here, at their public home.
+
+AnyNotification = _events.AnyNotification
+"""What :func:`parse_notification` returns; every variant has a ``type`` string."""
+
+MARKET_NETWORKS = _sources.MARKET_NETWORKS
+"""The networks the Market documents as the only sources of notifications."""
+
+DEFAULT_DEDUP_WINDOW = _queue.DEFAULT_DEDUP_WINDOW
+"""Seconds a notification's key is remembered: a resend within it is acknowledged, not queued."""
+
+DEFAULT_MAX_BODY_SIZE = _receiver.DEFAULT_MAX_BODY_SIZE
+"""Bodies larger than this (bytes) are refused with 413; a notification is a few hundred."""
+
+MessageHandler = _receiver.MessageHandler
+"""``async def on_message(notification, message)``, or a plain ``def`` (run in a thread)."""
+
+ChatCreatedHandler = _receiver.ChatCreatedHandler
+"""``async def on_chat_created(notification: ChatCreated)``, or a plain ``def``."""
+
+NotificationHandler = _receiver.NotificationHandler
+"""``async def on_notification(notification)`` (every type but PING), or a plain ``def``."""
+
+Outcome = _receiver.Outcome
+"""What :meth:`NotificationReceiver.submit` did with a notification."""
+
+RECEIVER = _app.RECEIVER
+"""Where :func:`create_app` puts its :class:`NotificationReceiver`: ``app[RECEIVER]``."""
 
 __all__ = [
     "AnyNotification",

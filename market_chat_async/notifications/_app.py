@@ -33,7 +33,6 @@ from ._receiver import (
 logger = logging.getLogger("market_chat_async.notifications")
 
 RECEIVER: Final = web.AppKey("market_chat_async.notifications.receiver", NotificationReceiver)
-"""Where :func:`create_app` puts its :class:`NotificationReceiver`: ``app[RECEIVER]``."""
 
 
 class _Connections:

@@ -80,7 +80,6 @@ class Notification:
 
 
 AnyNotification = ChatMessageSent | ChatCreated | Notification
-"""What :func:`parse_notification` returns; every variant has a ``type`` string."""
 
 
 class NotificationFormatError(ValueError):

@@ -33,7 +33,6 @@ from urllib.parse import parse_qs, urlsplit
 import attrs
 
 DEFAULT_DEDUP_WINDOW = 24 * 3600.0
-"""Seconds a notification's key is remembered: a resend within it is acknowledged, not queued."""
 
 
 class QueueError(RuntimeError):

@@ -48,7 +48,6 @@ from ._sources import MARKET_NETWORKS, IPNetwork, NetworkSpec, client_address, i
 logger = logging.getLogger("market_chat_async.notifications")
 
 DEFAULT_MAX_BODY_SIZE: Final = 64 * 1024
-"""Bodies larger than this (bytes) are refused with 413; a notification is a few hundred."""
 
 _MAX_NAME = 100  # SendNotificationResponse: version and name are 1..100 characters
 _FAILURES_KEPT = 1000
@@ -75,11 +74,8 @@ class MessageSource(Protocol):
 
 
 MessageHandler = Callable[[ChatMessageSent, ChatMessage], Awaitable[object] | object]
-"""``async def on_message(notification, message)``, or a plain ``def`` (run in a thread)."""
 ChatCreatedHandler = Callable[[ChatCreated], Awaitable[object] | object]
-"""``async def on_chat_created(notification: ChatCreated)``, or a plain ``def``."""
 NotificationHandler = Callable[[AnyNotification], Awaitable[object] | object]
-"""``async def on_notification(notification)`` (every type but PING), or a plain ``def``."""
 
 
 def _positive_int(name: str) -> Callable[[Any, Any, Any], None]:
@@ -279,7 +275,6 @@ class HandlerTimeoutError(TimeoutError):
 
 
 Outcome = Literal["queued", "duplicate", "ignored", "busy"]
-"""What :meth:`NotificationReceiver.submit` did with a notification."""
 _State = Literal["new", "running", "draining", "closed"]
 
 

@@ -19,7 +19,6 @@ MARKET_NETWORKS: Final[tuple[IPv4Network, ...]] = (
     IPv4Network("141.8.142.0/25"),
     IPv4Network("5.255.253.0/25"),
 )
-"""The networks the Market documents as the only sources of notifications."""
 
 
 def _parse_address(text: str) -> IPAddress | None:
