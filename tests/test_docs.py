@@ -36,11 +36,14 @@ import importlib.util
 import inspect
 import io
 import json
+import os
 import re
 import shlex
+import signal
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -69,7 +72,7 @@ PAGES = [README, *sorted(DOCS.glob("*.md"))]
 API_KEY = testing.DEFAULT_API_KEY
 PLACEHOLDER_KEY = "..."
 SKIP_MARK = "<!-- docs-test: skip -->"
-PAGE_TIMEOUT = 60.0  # seconds; a hung example kills the run with a traceback, not forever
+PAGE_TIMEOUT = 60.0  # seconds; a hung example fails with a traceback, not forever
 
 _FENCE_OPEN = re.compile(r"^(?P<indent> *)(?P<fence>`{3,}|~{3,})\s*(?P<info>[^`]*)$")
 
@@ -187,6 +190,20 @@ class PageRun:
         self.test_files: list[Path] = []
 
     def run(self) -> int:
+        # An example that hangs in this process can only be stopped by ending the process:
+        # faulthandler does that, with every thread's traceback. It is off while the page's
+        # test files run in a child pytest, whose own timeout kills the child instead (an
+        # exit here would leave it running).
+        faulthandler.dump_traceback_later(PAGE_TIMEOUT, exit=True)
+        try:
+            ran = self.examples()
+        finally:
+            faulthandler.cancel_dump_traceback_later()
+        if self.test_files:
+            self.pytest()
+        return ran
+
+    def examples(self) -> int:
         ran = 0
         with self.runner:
             try:
@@ -195,8 +212,6 @@ class PageRun:
             finally:
                 if self.client is not None:
                     self.runner.run(self.client.close())
-        if self.test_files:
-            self.pytest()
         return ran
 
     def block(self, block: Block) -> bool:
@@ -255,7 +270,7 @@ class PageRun:
         return ran
 
     def pytest(self) -> None:
-        done = subprocess.run(
+        done = run_child(
             [
                 sys.executable,
                 "-m",
@@ -263,17 +278,60 @@ class PageRun:
                 "-q",
                 "-p",
                 "no:cacheprovider",
+                # A test still running after this long dumps its traceback into the output
+                # the failure shows, before the timeout kills it.
+                "-o",
+                f"faulthandler_timeout={PAGE_TIMEOUT * 3 / 4:g}",
                 *map(str, self.test_files),
             ],
             cwd=self.workdir,
-            capture_output=True,
-            text=True,
             timeout=PAGE_TIMEOUT,
-            check=False,
         )
         assert done.returncode == 0, (
             f"pytest on the test files of {self.page.name}:\n{done.stdout}\n{done.stderr}"
         )
+
+
+def run_child(args: list[str], *, cwd: Path, timeout: float) -> subprocess.CompletedProcess[str]:
+    """Run a child process to completion; past ``timeout`` seconds, fail the test.
+
+    The child leads a process group of its own, and whatever way this returns (done, timed
+    out, interrupted) the whole group is killed: neither the child nor anything it started
+    goes on running after the test.
+    """
+    with subprocess.Popen(
+        args,
+        cwd=cwd,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    ) as child:
+        try:
+            out, err = child.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            _kill_group(child)
+            out, err = _leftover_output(child)
+            pytest.fail(
+                f"{shlex.join(args)} was killed after {timeout:g} s:\n{out}\n{err}",
+                pytrace=False,
+            )
+        finally:
+            _kill_group(child)
+    return subprocess.CompletedProcess(args, child.returncode, out, err)
+
+
+def _kill_group(child: subprocess.Popen[str]) -> None:
+    with contextlib.suppress(ProcessLookupError):  # the group is gone already
+        os.killpg(child.pid, signal.SIGKILL)
+
+
+def _leftover_output(child: subprocess.Popen[str]) -> tuple[str, str]:
+    try:
+        out, err = child.communicate(timeout=10)
+    except subprocess.TimeoutExpired:  # something left the group and holds the pipes
+        return "", "(output lost: a process outside the child's group holds its pipes)"
+    return out, err
 
 
 async def _make_client() -> MarketChatClient:
@@ -324,11 +382,47 @@ def _market_chat(args: list[str], block: Block) -> bool:
 
 @pytest.mark.parametrize("page", PAGES, ids=page_id)
 def test_examples_run(page: Path, docs_env: Path) -> None:
-    faulthandler.dump_traceback_later(PAGE_TIMEOUT, exit=True)
+    PageRun(page, docs_env).run()
+
+
+# A child that starts a child of its own, says both pids, then spins: as a hung test would.
+_SPINNER = """
+import os, subprocess, sys
+grandchild = subprocess.Popen([sys.executable, "-c", "while True: pass  # spinner"])
+with open("pids.part", "w") as f:
+    f.write(f"{os.getpid()} {grandchild.pid}")
+os.replace("pids.part", "pids")
+while True: pass  # spinner
+"""
+
+
+def _spinning(pid: int) -> bool:
+    """Whether ``pid`` is one of the spinner's processes and not yet dead (a zombie is dead)."""
     try:
-        PageRun(page, docs_env).run()
-    finally:
-        faulthandler.cancel_dump_traceback_later()
+        stat = Path(f"/proc/{pid}/stat").read_text()
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except FileNotFoundError:
+        return False
+    state = stat.rpartition(")")[2].split()[0]
+    return state not in ("Z", "X") and b"# spinner" in cmdline
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads process states in /proc")
+def test_a_child_past_its_timeout_is_killed_with_what_it_started(tmp_path: Path) -> None:
+    timeout = 0.5
+    while True:
+        with pytest.raises(pytest.fail.Exception, match="was killed after"):
+            run_child([sys.executable, "-c", _SPINNER], cwd=tmp_path, timeout=timeout)
+        if (tmp_path / "pids").exists():
+            break
+        # Killed before it started its own child: a busy machine; give it longer.
+        timeout *= 2
+        assert timeout < 120, "the spinner never started its child"
+    pids = [int(pid) for pid in (tmp_path / "pids").read_text().split()]
+    deadline = time.monotonic() + 30
+    while any(map(_spinning, pids)) and time.monotonic() < deadline:
+        time.sleep(0.05)  # SIGKILL is delivered, but the kernel ends the process on its own time
+    assert [pid for pid in pids if _spinning(pid)] == []
 
 
 @pytest.mark.parametrize(
