@@ -324,3 +324,37 @@ async def test_every_run_rewrites_the_errors_file_and_removes_it_when_clean(
     run = await market_chat(*fetch_args(market, tmp_path, source))
     assert run.status == 0, run.err
     assert not errors.exists()
+
+
+@needs_dev_full
+@pytest.mark.parametrize("command", ["get", "history"])
+async def test_a_full_stdout_is_one_line_and_exit_1(market: RunningServer, command: str) -> None:
+    chat_id = market.server.add_chat(
+        BUSINESS,
+        messages=[
+            {"messageId": 1, "createdAt": "2026-01-01T10:00:00Z", "sender": "CUSTOMER"},
+        ],
+    )
+    args = ["--base-url", market.url, "--business-id", str(BUSINESS), "--chat-id", str(chat_id)]
+    if command == "get":
+        args += ["--message-id", "1"]
+    full = os.open(DEV_FULL, os.O_WRONLY)
+    try:
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "market_chat_async.cli",
+            command,
+            *args,
+            stdout=full,
+            stderr=asyncio.subprocess.PIPE,
+            env=environment(),
+        )
+        _, err = await asyncio.wait_for(proc.communicate(), 30)
+    finally:
+        os.close(full)
+    assert_one_line_error(
+        Run(proc.returncode or 0, "", err.decode()),
+        1,
+        "cannot write stdout: No space left on device",
+    )

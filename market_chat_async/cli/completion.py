@@ -13,6 +13,7 @@ import argparse
 import importlib
 from typing import TYPE_CHECKING, Any, Final
 
+from .outputs import print_out
 from .status import OK, UsageError
 
 if TYPE_CHECKING:
@@ -47,7 +48,7 @@ async def run(args: argparse.Namespace, console: Console) -> int:
         integration = _argcomplete("argcomplete.shell_integration")
     except ImportError:
         raise UsageError(f"shell completion needs the completion extra: {_INSTALL}") from None
-    print(integration.shellcode([_PROGRAM], shell=args.shell), flush=True)
+    print_out(integration.shellcode([_PROGRAM], shell=args.shell))
     return OK
 
 

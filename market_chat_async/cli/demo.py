@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Final
 
 from .fetch import fetch
 from .outputs import errors_path
+from .progress import plural
 from .status import FAILED, OK
 
 if TYPE_CHECKING:
@@ -78,10 +79,10 @@ async def demo(output: Path | None, console: Console) -> int:
             await fetch(client, DEMO_BUSINESS, ids, messages, errors, console, every=1.0)
     lines = messages.read_text(encoding="utf-8").splitlines()
     error_lines = errors.read_text(encoding="utf-8").splitlines() if errors.exists() else []
-    console.info(f"\nFirst lines of {messages} ({len(lines)} lines):")
+    console.info(f"\nFirst lines of {messages} ({plural(len(lines), 'line')}):")
     for line in lines[:2]:
         console.info(f"  {line}")
-    console.info(f"{errors} ({len(error_lines)} lines):")
+    console.info(f"{errors} ({plural(len(error_lines), 'line')}):")
     for line in error_lines:
         console.info(f"  {line}")
     console.info(

@@ -8,7 +8,7 @@ import sys
 from typing import TYPE_CHECKING
 
 from .options import add_business_id, add_chat_id, client_from, id_arg
-from .outputs import message_record
+from .outputs import message_record, print_out
 from .status import FAILED, OK
 
 if TYPE_CHECKING:
@@ -44,5 +44,5 @@ async def run(args: argparse.Namespace, console: Console) -> int:
             return FAILED
     ascii_only = (sys.stdout.encoding or "").lower().replace("-", "") != "utf8"
     record = message_record(args.chat_id, message)
-    print(json.dumps(record, ensure_ascii=ascii_only, indent=2), flush=True)
+    print_out(json.dumps(record, ensure_ascii=ascii_only, indent=2))
     return OK

@@ -29,6 +29,7 @@ __all__ = [
     "json_line",
     "load_done",
     "message_record",
+    "print_out",
     "same_file",
     "write_stream",
 ]
@@ -107,6 +108,18 @@ class OutputError(Exception):
     >>> str(OutputError("cannot write out.jsonl: No space left on device"))
     'cannot write out.jsonl: No space left on device'
     """
+
+
+def print_out(text: str) -> None:
+    """Print ``text`` and a newline on stdout; :class:`OutputError` if stdout cannot take it
+    (a full disk, a closed pipe), with stdout then pointed at ``/dev/null`` so the
+    interpreter's own flush at exit has nothing left to fail on."""
+    try:
+        print(text, flush=True)
+    except OSError as exc:
+        with contextlib.suppress(OSError):
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        raise OutputError(f"cannot write stdout: {exc.strerror}") from None
 
 
 def same_file(a: Path, b: Path) -> bool:
