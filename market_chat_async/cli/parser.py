@@ -50,7 +50,8 @@ def build_parser() -> argparse.ArgumentParser:
     """
     parser = argparse.ArgumentParser(
         prog="market-chat",
-        description="Fetch Yandex Market chat messages, keeping the cabinet's limits.",
+        description="Yandex Market chats from a terminal: read and fetch messages in bulk, "
+        "list chats, reply, receive notifications, all within the cabinet's limits.",
         epilog="Exit status: 0 all done; 1 something failed (see the errors file); 2 usage "
         "error; 130 or 143 interrupted. New here? `market-chat demo` runs a bulk fetch "
         "against a local test server, no account needed.",
