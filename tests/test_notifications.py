@@ -11,11 +11,14 @@ import asyncio
 import json
 import logging
 import random
+import subprocess
+import sys
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime, timedelta, timezone
 from ipaddress import ip_address, ip_network
+from pathlib import Path
 from typing import Any, TypeVar
 
 import pytest
@@ -900,3 +903,41 @@ async def test_not_started_receiver_refuses_with_503(client: MarketChatClient) -
     reply = await receiver.receive(json.dumps(message_sent()).encode(), remote=None)
     assert reply.status == 503
     assert await receiver.close() == []
+
+
+# -- the import rules -------------------------------------------------------------------------
+
+
+def _modules_after(code: str, *, bare: bool = False) -> set[str]:
+    """What ``code`` loads in a fresh interpreter; ``bare`` skips the packages' ``__init__``
+    (which re-export the client and the aiohttp app), so only the modules' own imports count."""
+    import market_chat_async
+
+    root = Path(market_chat_async.__file__).parent
+    stubs = (
+        "import sys, types\n"
+        f"for name, path in (('market_chat_async', {str(root)!r}), "
+        f"('market_chat_async.notifications', {str(root / 'notifications')!r})):\n"
+        "    module = types.ModuleType(name); module.__path__ = [path]\n"
+        "    sys.modules[name] = module\n"
+    )
+    script = (stubs if bare else "") + code + "\nimport sys; print('\\n'.join(sys.modules))"
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True)
+    return set(out.stdout.split())
+
+
+def test_the_receiver_core_and_the_queues_do_not_import_aiohttp() -> None:
+    loaded = _modules_after(
+        "import market_chat_async.notifications._receiver, "
+        "market_chat_async.notifications._sqlite, market_chat_async.notifications._redis",
+        bare=True,
+    )
+    assert "market_chat_async.notifications._receiver" in loaded
+    assert not {"aiohttp", "aiohttp.web", "market_chat_async.notifications._app"} & loaded
+    assert "redis" not in loaded
+
+
+def test_importing_notifications_does_not_import_redis() -> None:
+    loaded = _modules_after("import market_chat_async.notifications")
+    assert "market_chat_async.notifications._redis" in loaded
+    assert "redis" not in loaded

@@ -29,6 +29,8 @@ The package, one concern per module:
 * ``_sources`` -- the source-address rule (:data:`MARKET_NETWORKS`, :func:`client_address`);
 * ``_retry`` -- retry decisions as values (:class:`HandlerRetry`, :func:`retry_delay`);
 * ``_queue``, ``_sqlite``, ``_redis`` -- the queue contract and its three backends;
+* ``_values`` -- :class:`ReceiverOptions` and the receiver's other plain values;
+* ``_calls`` -- how handlers are called (async, or on a thread), with their timeout;
 * ``_receiver`` -- :class:`NotificationReceiver`, framework-neutral (no aiohttp);
 * ``_app`` -- the aiohttp adapter: :func:`create_app`, :func:`serve`.
 
@@ -36,7 +38,7 @@ Everything is logged under the ``market_chat_async.notifications`` logger; crede
 appear there. Every give-up is one error line starting ``gave up: event=dead_letter``.
 """
 
-from . import _app, _events, _queue, _receiver, _sources
+from . import _app, _events, _queue, _sources, _values
 from ._app import create_app, serve
 from ._events import (
     ChatCreated,
@@ -55,20 +57,20 @@ from ._queue import (
     QueueStats,
     open_queue,
 )
-from ._receiver import (
-    Failure,
-    HandlerTimeoutError,
-    Health,
-    MessageSource,
-    NotificationReceiver,
-    ReceiverOptions,
-    ReceiverStats,
-    Reply,
-)
+from ._receiver import NotificationReceiver
 from ._redis import RedisQueue
 from ._retry import HandlerRetry, is_auth_error, retry_delay
 from ._sources import client_address
 from ._sqlite import SqliteQueue
+from ._values import (
+    Failure,
+    HandlerTimeoutError,
+    Health,
+    MessageSource,
+    ReceiverOptions,
+    ReceiverStats,
+    Reply,
+)
 
 # Public constants and type aliases: documented here, at their public home.
 
@@ -81,19 +83,19 @@ MARKET_NETWORKS = _sources.MARKET_NETWORKS
 DEFAULT_DEDUP_WINDOW = _queue.DEFAULT_DEDUP_WINDOW
 """Seconds a notification's key is remembered: a resend within it is acknowledged, not queued."""
 
-DEFAULT_MAX_BODY_SIZE = _receiver.DEFAULT_MAX_BODY_SIZE
+DEFAULT_MAX_BODY_SIZE = _values.DEFAULT_MAX_BODY_SIZE
 """Bodies larger than this (bytes) are refused with 413; a notification is a few hundred."""
 
-MessageHandler = _receiver.MessageHandler
+MessageHandler = _values.MessageHandler
 """``async def on_message(notification, message)``, or a plain ``def`` (run in a thread)."""
 
-ChatCreatedHandler = _receiver.ChatCreatedHandler
+ChatCreatedHandler = _values.ChatCreatedHandler
 """``async def on_chat_created(notification: ChatCreated)``, or a plain ``def``."""
 
-NotificationHandler = _receiver.NotificationHandler
+NotificationHandler = _values.NotificationHandler
 """``async def on_notification(notification)`` (every type but PING), or a plain ``def``."""
 
-Outcome = _receiver.Outcome
+Outcome = _values.Outcome
 """What :meth:`NotificationReceiver.submit` did with a notification."""
 
 RECEIVER = _app.RECEIVER

@@ -20,12 +20,12 @@ from aiohttp.web_protocol import RequestHandler
 
 from ._events import short_error
 from ._queue import NotificationQueue
-from ._receiver import (
+from ._receiver import NotificationReceiver
+from ._values import (
     ChatCreatedHandler,
     MessageHandler,
     MessageSource,
     NotificationHandler,
-    NotificationReceiver,
     ReceiverOptions,
     Reply,
 )

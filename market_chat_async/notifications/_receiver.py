@@ -17,19 +17,18 @@ import inspect
 import json
 import logging
 import random
-import threading
 import time
 from collections import OrderedDict, deque
-from collections.abc import Awaitable, Callable, Iterable, Sequence
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from types import TracebackType
-from typing import Any, Final, Literal, Protocol, Self
+from typing import Any, Literal, Self
 
 import attrs
 
 from market_chat_async._models import ChatMessage
-from market_chat_async._version import __version__
 
+from ._calls import awaited, handler_kind, in_thread, wait_for_event
 from ._events import (
     AnyNotification,
     ChatCreated,
@@ -42,286 +41,28 @@ from ._events import (
     short_error,
 )
 from ._queue import MemoryQueue, NotificationQueue, QueueEntry, QueueError, open_queue
-from ._retry import HandlerRetry, is_auth_error, retry_delay
-from ._sources import MARKET_NETWORKS, IPNetwork, NetworkSpec, client_address, in_any, networks
+from ._retry import is_auth_error, retry_delay
+from ._sources import client_address, in_any
+from ._values import (
+    ChatCreatedHandler,
+    Failure,
+    HandlerTimeoutError,
+    Health,
+    MessageHandler,
+    MessageSource,
+    NotificationHandler,
+    Outcome,
+    ReceiverOptions,
+    ReceiverStats,
+    Reply,
+)
 
 logger = logging.getLogger("market_chat_async.notifications")
 
-DEFAULT_MAX_BODY_SIZE: Final = 64 * 1024
-
-_MAX_NAME = 100  # SendNotificationResponse: version and name are 1..100 characters
 _FAILURES_KEPT = 1000
 _FETCHED_KEPT = 1000  # fetched messages kept across handler retries in this process
 _POLL = 0.5  # seconds between looks at the queue when nothing woke the workers
-
-
-class MessageSource(Protocol):
-    """What the receiver needs of a client: :class:`~market_chat_async.MarketChatClient` fits.
-
-    >>> from datetime import UTC, datetime
-    >>> from market_chat_async import Sender
-    >>> class Canned:  # stands in for the client in a test
-    ...     async def get_message(self, business_id, chat_id, message_id):
-    ...         return ChatMessage(message_id, datetime.now(UTC), Sender.CUSTOMER, "hello")
-    >>> def on_message(notification: ChatMessageSent, message: ChatMessage) -> None:
-    ...     print(message.message)
-    >>> receiver = NotificationReceiver(Canned(), on_message, allow_from=None)
-    """
-
-    async def get_message(self, business_id: int, chat_id: int, message_id: int) -> ChatMessage:
-        """Fetch one chat message."""
-        ...
-
-
-MessageHandler = Callable[[ChatMessageSent, ChatMessage], Awaitable[object] | object]
-ChatCreatedHandler = Callable[[ChatCreated], Awaitable[object] | object]
-NotificationHandler = Callable[[AnyNotification], Awaitable[object] | object]
-
-
-def _positive_int(name: str) -> Callable[[Any, Any, Any], None]:
-    def check(_: Any, __: Any, value: Any) -> None:
-        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-            raise ValueError(f"{name} must be an int of at least 1, got {value!r}")
-
-    return check
-
-
-def _seconds(name: str, *, zero: bool = False) -> Callable[[Any, Any, Any], None]:
-    def check(_: Any, __: Any, value: Any) -> None:
-        ok = isinstance(value, int | float) and not isinstance(value, bool)
-        if not ok or not (value >= 0 if zero else value > 0):
-            raise ValueError(f"{name} must be {'>= 0' if zero else '> 0'} seconds, got {value!r}")
-
-    return check
-
-
-def _text(name: str) -> Callable[[Any, Any, Any], None]:
-    def check(_: Any, __: Any, value: Any) -> None:
-        if not isinstance(value, str) or not 1 <= len(value) <= _MAX_NAME:
-            raise ValueError(f"{name} must be a string of 1 to {_MAX_NAME} characters")
-
-    return check
-
-
-def _allow(value: NetworkSpec | Iterable[NetworkSpec] | None) -> tuple[IPNetwork, ...] | None:
-    return None if value is None else networks("allow_from", value)
-
-
-def _proxies(value: NetworkSpec | Iterable[NetworkSpec]) -> tuple[IPNetwork, ...]:
-    return networks("trusted_proxies", value)
-
-
-@attrs.frozen(kw_only=True)
-class ReceiverOptions:
-    """Every option of the receiver and its app, in one place, validated when built.
-
-    ``name`` and ``version`` go into every 200 answer. ``allow_from`` lists the networks that
-    may post (``None`` allows everyone), ``trusted_proxies`` the reverse proxies whose
-    ``X-Forwarded-For`` is believed. ``path`` is the route. Bodies over ``max_body_size``
-    get 413. Beyond ``max_pending`` queued notifications the answer is 500 (the Market
-    retries later). ``concurrency`` notifications are worked on at once; a handler call is
-    abandoned after ``handler_timeout`` seconds; failures are retried per ``retry``. On
-    shutdown, work goes on for ``drain_timeout`` seconds. ``GET /health`` answers 503 when
-    the oldest pending notification is older than ``health_max_age`` seconds. A connection
-    must deliver a request's headers within ``header_timeout`` seconds and its body within
-    ``body_timeout``; at most ``max_connections`` are open (at the cap, the oldest idle one is
-    closed for a new one). ``seed`` fixes the retry jitter.
-
-    >>> ReceiverOptions(name="my-shop").concurrency
-    4
-    >>> ReceiverOptions(concurrency=0)
-    Traceback (most recent call last):
-    ValueError: concurrency must be an int of at least 1, got 0
-    """
-
-    name: str = attrs.field(default="market-chat-async", validator=_text("name"))
-    version: str = attrs.field(default=__version__, validator=_text("version"))
-    allow_from: tuple[IPNetwork, ...] | None = attrs.field(
-        default=MARKET_NETWORKS, converter=_allow
-    )
-    trusted_proxies: tuple[IPNetwork, ...] = attrs.field(default=(), converter=_proxies)
-    path: str = "/notification"
-    max_body_size: int = attrs.field(
-        default=DEFAULT_MAX_BODY_SIZE, validator=_positive_int("max_body_size")
-    )
-    max_pending: int = attrs.field(default=100_000, validator=_positive_int("max_pending"))
-    concurrency: int = attrs.field(default=4, validator=_positive_int("concurrency"))
-    handler_timeout: float = attrs.field(default=60.0, validator=_seconds("handler_timeout"))
-    retry: HandlerRetry = attrs.field(factory=HandlerRetry)
-    drain_timeout: float = attrs.field(default=30.0, validator=_seconds("drain_timeout", zero=True))
-    health_max_age: float = attrs.field(default=600.0, validator=_seconds("health_max_age"))
-    header_timeout: float = attrs.field(default=10.0, validator=_seconds("header_timeout"))
-    body_timeout: float = attrs.field(default=10.0, validator=_seconds("body_timeout"))
-    max_connections: int = attrs.field(default=1000, validator=_positive_int("max_connections"))
-    seed: int | None = None
-
-    def replace(self, **changes: Any) -> ReceiverOptions:
-        """A copy with some options changed; an unknown name is a :class:`TypeError`.
-
-        >>> ReceiverOptions().replace(name="my-shop", concurrency=8).concurrency
-        8
-        """
-        known = {field.name for field in attrs.fields(ReceiverOptions)}
-        unknown = sorted(set(changes) - known)
-        if unknown:
-            raise TypeError(f"unknown receiver option(s): {', '.join(unknown)}")
-        if changes.get("retry", self.retry) is None:
-            changes["retry"] = HandlerRetry()
-        return attrs.evolve(self, **changes)
-
-
-@attrs.frozen
-class Reply:
-    """An HTTP answer to the Market: status and JSON body.
-
-    >>> error = Reply.error(400, "WRONG_EVENT_FORMAT", "chatId is required").body["error"]
-    >>> error["type"]
-    'WRONG_EVENT_FORMAT'
-    """
-
-    status: int
-    body: dict[str, Any]
-
-    @classmethod
-    def error(cls, status: int, kind: str, message: str) -> Reply:
-        """The documented error body, ``{"error": {"type": ..., "message": ...}}``."""
-        return cls(status, {"error": {"type": kind, "message": message}})
-
-
-@attrs.frozen
-class Failure:
-    """A notification given up on (now a dead letter): what, where, the last error, how often.
-
-    ``stage`` is ``"fetch"``, ``"on_message"``, ``"on_chat_created"``, ``"on_notification"``
-    or ``"parse"``.
-
-    >>> from market_chat_async.notifications import Notification
-    >>> Failure(Notification("ORDER_CREATED", {}), "on_notification", RuntimeError("x"), 3).stage
-    'on_notification'
-    """
-
-    notification: AnyNotification | None
-    stage: str
-    error: BaseException
-    attempts: int
-
-
-@attrs.frozen
-class ReceiverStats:
-    """Counters of a receiver since it started (PINGs and refused requests are not counted).
-
-    ``accepted`` notifications were queued; ``handled`` were delivered to the handlers;
-    ``failed`` were given up (dead letters); ``pending`` are being worked on right now;
-    ``duplicates`` and ``ignored`` (no handler for the type) were acknowledged only; ``busy``
-    were refused (500 when the queue was full or failed, 503 while stopping);
-    ``attempt_failures`` counts every failed or timed-out try, ``abandoned`` the handler calls
-    left running past ``handler_timeout``.
-
-    >>> ReceiverStats(accepted=2, handled=1, failed=0, pending=1, duplicates=1, ignored=0,
-    ...               busy=0).pending
-    1
-    """
-
-    accepted: int
-    handled: int
-    failed: int
-    pending: int
-    duplicates: int
-    ignored: int
-    busy: int
-    attempt_failures: int = 0
-    abandoned: int = 0
-
-
-@attrs.frozen
-class Health:
-    """What ``GET /health`` reports; ``ok`` is whether it answers 200 (else 503).
-
-    ``ok`` needs the receiver running and the oldest pending notification no older than
-    ``health_max_age``. Ages are in seconds.
-
-    >>> Health(ok=True, state="running", backlog=0, oldest_pending_age=None, dead_letters=0,
-    ...        handler_failures=0, in_flight=0).as_json()["backlog"]
-    0
-    """
-
-    ok: bool
-    state: str
-    backlog: int
-    oldest_pending_age: float | None
-    dead_letters: int
-    handler_failures: int
-    in_flight: int
-    abandoned: int = 0
-    problem: str = ""
-
-    def as_json(self) -> dict[str, Any]:
-        """The JSON body of ``GET /health``."""
-        return attrs.asdict(self)
-
-
-class HandlerTimeoutError(TimeoutError):
-    """A handler call did not finish within ``handler_timeout``: it was abandoned, and the
-    notification is tried again later.
-
-    >>> str(HandlerTimeoutError("on_message", 60.0))
-    'on_message did not finish within 60.0 s (abandoned; will be retried)'
-    """
-
-    def __init__(self, stage: str, seconds: float) -> None:
-        super().__init__(f"{stage} did not finish within {seconds} s (abandoned; will be retried)")
-        self.stage = stage
-        self.seconds = seconds
-
-
-Outcome = Literal["queued", "duplicate", "ignored", "busy"]
 _State = Literal["new", "running", "draining", "closed"]
-
-
-def _handler_kind(label: str, hook: object, arity: int) -> bool:
-    """Whether ``hook`` is async; a clear :class:`TypeError` when it cannot be a handler."""
-    if not callable(hook):
-        raise TypeError(f"{label} must be a function (async or plain), not {type(hook).__name__}")
-    call = getattr(hook, "__call__", None)  # noqa: B004 - objects with an async __call__
-    target: Any = hook if inspect.isfunction(hook) or inspect.ismethod(hook) else call
-    if inspect.isasyncgenfunction(hook) or inspect.isasyncgenfunction(target):
-        raise TypeError(f"{label} is an async generator; give an async or plain function")
-    if inspect.isgeneratorfunction(hook) or inspect.isgeneratorfunction(target):
-        raise TypeError(f"{label} is a generator; give an async or plain function")
-    try:
-        inspect.signature(hook).bind(*([None] * arity))
-    except TypeError:
-        raise TypeError(
-            f"{label} must take {arity} positional argument(s): "
-            + ("(notification, message)" if arity == 2 else "(notification)")
-        ) from None
-    except ValueError:  # no signature to inspect (some builtins): trust it
-        pass
-    return inspect.iscoroutinefunction(hook) or inspect.iscoroutinefunction(target)
-
-
-def _in_thread(call: Callable[[], object]) -> asyncio.Future[object]:
-    """Run a plain handler on a thread of its own; abandoning it never blocks a pool."""
-    loop = asyncio.get_running_loop()
-    future: asyncio.Future[object] = loop.create_future()
-
-    def settle(ok: bool, value: Any) -> None:
-        if not future.done():
-            if ok:
-                future.set_result(value)
-            else:
-                future.set_exception(value)
-
-    def run() -> None:
-        try:
-            result = (True, call())
-        except BaseException as exc:  # handed to the loop, never lost in the thread
-            result = (False, exc)
-        with contextlib.suppress(RuntimeError):  # the loop is gone: nobody waits any more
-            loop.call_soon_threadsafe(settle, *result)
-
-    threading.Thread(target=run, name="notification-handler", daemon=True).start()
-    return future
 
 
 class NotificationReceiver:
@@ -357,13 +98,13 @@ class NotificationReceiver:
         if not isinstance(base, ReceiverOptions):
             raise TypeError(f"options must be ReceiverOptions, not {type(base).__name__}")
         self.options = base.replace(**overrides) if overrides else base
-        self._async = {"on_message": _handler_kind("on_message", on_message, 2)}
+        self._async = {"on_message": handler_kind("on_message", on_message, 2)}
         for label, hook in (
             ("on_chat_created", on_chat_created),
             ("on_notification", on_notification),
         ):
             if hook is not None:
-                self._async[label] = _handler_kind(label, hook, 1)
+                self._async[label] = handler_kind(label, hook, 1)
         self.client = client
         self.on_message = on_message
         self.on_chat_created = on_chat_created
@@ -481,7 +222,7 @@ class NotificationReceiver:
         try:
             self._quiet.clear()
             self._wake.set()
-            await _wait_for(self._quiet, grace)
+            await wait_for_event(self._quiet, grace)
         finally:
             await self._shut_down()
         return list(self.unfinished)
@@ -693,7 +434,7 @@ class NotificationReceiver:
                         self._empty.set()
                 self._quiet.set()
             self._wake.clear()
-            await _wait_for(self._wake, _POLL)
+            await wait_for_event(self._wake, _POLL)
 
     async def _renew(self) -> None:
         """Keep the leases of what is in flight (a shared queue's visibility timeout)."""
@@ -799,9 +540,9 @@ class NotificationReceiver:
         loop = asyncio.get_running_loop()
         waiter: asyncio.Future[object]
         if self._async[stage]:
-            waiter = loop.create_task(_awaited(hook, *args), name=f"{stage} handler")
+            waiter = loop.create_task(awaited(hook, *args), name=f"{stage} handler")
         else:
-            waiter = _in_thread(lambda: hook(*args))
+            waiter = in_thread(lambda: hook(*args))
         try:
             finished, _ = await asyncio.wait({waiter}, timeout=self.options.handler_timeout)
         except asyncio.CancelledError:
@@ -847,20 +588,6 @@ class NotificationReceiver:
                 "stage": stage, "attempts": attempts, "age_s": age,
             },
         )  # fmt: skip
-
-
-async def _wait_for(event: asyncio.Event, seconds: float) -> None:
-    """Wait for ``event`` at most ``seconds``; a cancellation always propagates (unlike
-    ``asyncio.timeout`` on Python 3.11 when both fire at once)."""
-    waiter = asyncio.ensure_future(event.wait())
-    try:
-        await asyncio.wait({waiter}, timeout=seconds)
-    finally:
-        waiter.cancel()
-
-
-async def _awaited(hook: Callable[..., object], *args: object) -> object:
-    return await hook(*args)  # type: ignore[misc]
 
 
 def _parse_entry(entry: QueueEntry) -> AnyNotification | None:
