@@ -20,7 +20,7 @@ from typing import Any
 import aiohttp
 import pytest
 
-from market_chat_async import ChatMessage, MarketChatClient
+from market_chat_async import ChatMessage, MarketChatClient, Quota
 from market_chat_async.notifications import (
     ChatMessageSent,
     HandlerRetry,
@@ -32,8 +32,12 @@ from market_chat_async.notifications import (
     create_app,
     serve,
 )
+from market_chat_async.testing import RunningServer
 
+from .conftest import API_KEY
 from .test_notifications import QUICK, Recorder, eventually, message_sent, post, running_app
+
+OTHER_CABINET = 777
 
 
 class FailingUntil:
@@ -374,3 +378,32 @@ async def test_serve_drains_on_the_first_signal(
 
 async def _state(receiver: NotificationReceiver) -> str:
     return receiver.state
+
+
+@pytest.mark.looptime
+async def test_a_fetch_waiting_out_one_cabinets_quota_does_not_hold_up_another_cabinet(
+    market: RunningServer,
+) -> None:
+    loop = asyncio.get_running_loop()
+    start = loop.time()
+    handled: dict[tuple[int, int], float] = {}
+
+    async def on_message(notification: ChatMessageSent, message: ChatMessage) -> None:
+        handled[notification.business_id, notification.message_id] = loop.time() - start
+
+    async with (
+        MarketChatClient(
+            api_key=API_KEY, base_url=market.url, quota=Quota(limit=1, period=3600.0)
+        ) as client,
+        running_app(
+            client, on_message, concurrency=2, handler_timeout=60.0, retry=HandlerRetry()
+        ) as (http, receiver),
+    ):
+        for message_id in (1, 2, 3):  # one cabinet: one fetch an hour
+            assert (await post(http, message_sent(message_id=str(message_id))))[0] == 200
+        other = {**message_sent(message_id="10"), "businessId": OTHER_CABINET}
+        assert (await post(http, other))[0] == 200
+        await receiver.join()
+    assert handled[OTHER_CABINET, 10] < 3600.0  # not behind the first cabinet's hour
+    assert sorted(m for b, m in handled if b != OTHER_CABINET) == [1, 2, 3]
+    assert max(handled.values()) >= 2 * 3600.0  # the first cabinet's quota was kept

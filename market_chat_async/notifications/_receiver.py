@@ -518,8 +518,22 @@ class NotificationReceiver:
         message = self._fetched.get(entry.id)
         if message is not None:
             return message
+        # Bounded like a handler: a fetch waiting out one cabinet's quota for longer gives its
+        # slot to notifications of other cabinets, and is tried again later.
+        fetch = asyncio.ensure_future(
+            self.client.get_message(n.business_id, n.chat_id, n.message_id)
+        )
         try:
-            message = await self.client.get_message(n.business_id, n.chat_id, n.message_id)
+            finished, _ = await asyncio.wait({fetch}, timeout=self.options.handler_timeout)
+        except asyncio.CancelledError:
+            fetch.cancel()
+            raise
+        if not finished:
+            fetch.cancel()
+            errors.append(("fetch", HandlerTimeoutError("fetch", self.options.handler_timeout)))
+            return None
+        try:
+            message = fetch.result()
         except Exception as exc:
             errors.append(("fetch", exc))
             return None

@@ -231,8 +231,8 @@ class Health:
 
 
 class HandlerTimeoutError(TimeoutError):
-    """A handler call did not finish within ``handler_timeout``: it was abandoned, and the
-    notification is tried again later.
+    """A handler call (or the fetch of the message) did not finish within ``handler_timeout``:
+    it was abandoned, and the notification is tried again later.
 
     >>> str(HandlerTimeoutError("on_message", 60.0))
     'on_message did not finish within 60.0 s (abandoned; will be retried)'
