@@ -270,3 +270,31 @@ def test_a_queue_object_is_taken_as_it_is() -> None:
     assert open_queue(queue) is queue
     with pytest.raises(TypeError, match="URL string or a queue object"):
         open_queue(42)  # type: ignore[arg-type]
+
+
+# -- Redis: leases ------------------------------------------------------------------------------
+
+
+async def test_redis_entry_of_a_silent_consumer_is_taken_over_after_the_visibility_timeout(
+    redis_server_url: str,
+) -> None:
+    url = f"{redis_server_url}?name=lease{next(_names)}&visibility_timeout=1"
+    first, second = open_queue(url), open_queue(url)
+    await first.open()
+    await second.open()
+    try:
+        await first.put("held", BODY, now=0.0)
+        await first.put("renewed", BODY, now=0.0)
+        held, renewed = await first.claim(2, now=0.0)
+        assert await second.claim(10, now=0.0) == []  # owned by the first consumer
+        for _ in range(15):  # the first renews one of them, for longer than the timeout
+            await asyncio.sleep(0.1)
+            await first.extend([renewed])
+        [taken] = await second.claim(10, now=1.0)
+        assert taken.id == held.id  # the silent one changed hands; the renewed one did not
+        await second.ack(taken)
+        await first.ack(renewed)
+        assert (await first.stats()).backlog == 0
+    finally:
+        await first.close()
+        await second.close()

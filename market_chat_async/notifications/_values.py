@@ -89,9 +89,9 @@ class ReceiverOptions:
     may post (``None`` allows everyone), ``trusted_proxies`` the reverse proxies whose
     ``X-Forwarded-For`` is believed. ``path`` is the route. Bodies over ``max_body_size``
     get 413. Beyond ``max_pending`` queued notifications the answer is 500 (the Market
-    retries later). ``concurrency`` notifications are worked on at once; a handler call is
-    abandoned after ``handler_timeout`` seconds; failures are retried per ``retry``. On
-    shutdown, work goes on for ``drain_timeout`` seconds. ``GET /health`` answers 503 when
+    retries later). ``concurrency`` notifications are worked on at once; a handler call (or
+    a fetch) is abandoned after ``handler_timeout`` seconds; failures are retried per
+    ``retry``. On shutdown, work goes on for ``drain_timeout`` seconds. ``GET /health`` answers 503 when
     the oldest pending notification is older than ``health_max_age`` seconds. A connection
     must deliver a request's headers within ``header_timeout`` seconds and its body within
     ``body_timeout``; at most ``max_connections`` are open (at the cap, the oldest idle one is
