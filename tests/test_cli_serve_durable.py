@@ -254,3 +254,20 @@ async def test_queue_list_retry_drop_on_the_dead_letters(tmp_path: Path) -> None
     [replayed] = await queue.claim(10, now=time.time() + 1)
     assert (replayed.id, replayed.attempts) == (records[0]["id"], 0)
     await queue.close()
+
+
+async def test_a_second_serve_on_the_same_sqlite_file_is_refused(
+    market: RunningServer, tmp_path: Path
+) -> None:
+    first = await start_serve(tmp_path, market, "sqlite:///queue.db", tmp_path / "a.jsonl")
+    env = dict(os.environ, YANDEX_MARKET_API_KEY=API_KEY)
+    second = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "market_chat_async.cli", "serve", "--base-url", market.url,
+        "--port", "0", "--queue", "sqlite:///queue.db",
+        stderr=asyncio.subprocess.PIPE, env=env, cwd=tmp_path,
+    )  # fmt: skip
+    _, err = await asyncio.wait_for(second.communicate(), 60)
+    assert second.returncode == 2
+    assert "in use by another receiver" in err.decode()
+    first.proc.send_signal(signal.SIGTERM)
+    assert await first.wait() == 0

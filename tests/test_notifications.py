@@ -941,3 +941,16 @@ def test_importing_notifications_does_not_import_redis() -> None:
     loaded = _modules_after("import market_chat_async.notifications")
     assert "market_chat_async.notifications._redis" in loaded
     assert "redis" not in loaded
+
+
+@given(notification_like)
+def test_a_notification_built_in_python_is_queued_as_the_market_would_send_it(
+    data: dict[str, Any],
+) -> None:
+    from market_chat_async.notifications._receiver import _raw
+
+    try:
+        notification = parse_notification(data)
+    except NotificationFormatError:
+        return
+    assert parse_notification(json.loads(json.dumps(_raw(notification)))) == notification

@@ -240,12 +240,14 @@ class NotificationReceiver:
         if not self.queue.durable:
             left += await self.queue.claim(10**9, float("inf"))
             self.unfinished = [n for n in map(_parse_entry, left) if n is not None]
-            for notification in self.unfinished:
+            for entry in left:
                 logger.error(
-                    "shutdown: lost (memory queue, not handled within drain_timeout=%s s): %r",
-                    self.options.drain_timeout,
-                    notification,
-                )
+                    "gave up: event=lost_at_shutdown entry=%s key=%s queue=memory "
+                    "drain_timeout=%s notification=%r",
+                    entry.id, entry.key, self.options.drain_timeout, _parse_entry(entry),
+                    extra={"event": "lost_at_shutdown", "entry_id": entry.id,
+                           "dedup_key": entry.key},
+                )  # fmt: skip
         elif left:
             logger.info(
                 "shutdown: %d notification(s) left in the queue for the next start", len(left)

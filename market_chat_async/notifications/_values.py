@@ -91,8 +91,9 @@ class ReceiverOptions:
     get 413. Beyond ``max_pending`` queued notifications the answer is 500 (the Market
     retries later). ``concurrency`` notifications are worked on at once; a handler call (or
     a fetch) is abandoned after ``handler_timeout`` seconds; failures are retried per
-    ``retry``. On shutdown, work goes on for ``drain_timeout`` seconds. ``GET /health`` answers 503 when
-    the oldest pending notification is older than ``health_max_age`` seconds. A connection
+    ``retry``. On shutdown, work goes on for ``drain_timeout`` seconds. ``GET /health``
+    answers 503 when the oldest pending notification is older than ``health_max_age``
+    seconds. A connection
     must deliver a request's headers within ``header_timeout`` seconds and its body within
     ``body_timeout``; at most ``max_connections`` are open (at the cap, the oldest idle one is
     closed for a new one). ``seed`` fixes the retry jitter.
