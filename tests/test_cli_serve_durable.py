@@ -237,6 +237,15 @@ async def test_queue_list_retry_drop_on_the_dead_letters(tmp_path: Path) -> None
 
     status, out, _ = await market_chat("list")
     assert status == 0
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    missing = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "market_chat_async.cli", "queue", "list",
+        stderr=asyncio.subprocess.PIPE, cwd=empty,
+    )  # fmt: skip
+    _, err = await asyncio.wait_for(missing.communicate(), 60)
+    assert (missing.returncode, "no queue there yet" in err.decode()) == (2, True)
+    assert list(empty.iterdir()) == []  # looking at the default queue created nothing
     records = [json.loads(line) for line in out.splitlines()]
     assert [r["notification"]["messageId"] for r in records] == ["1", "2", "3"]
     assert records[0]["deadAt"] == "1970-01-01T00:33:20Z"

@@ -111,6 +111,8 @@ class SqliteQueue:
 
     async def open(self, *, consume: bool = True) -> None:
         """Create or open the file; ``consume`` takes the one-consumer lock."""
+        if not consume and not self.path.exists():  # a tool looking: create nothing
+            raise QueueError(f"{self.path} does not exist: no queue there yet")
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             if consume:
