@@ -76,12 +76,15 @@ logger = logging.getLogger("market_chat_async")
 
 _PREFIX = "market-chat-async"
 LEASE_TTL = 4.0  # seconds a slot outlives the last renewal of its lease (a killed worker's)
-RENEW_AFTER = 1.5  # a lease in flight this long since its last renewal is renewed
+# A lease in flight for this share of its ttl since its last renewal is renewed (checked every
+# eighth of the ttl): with the default 4 s, a Redis blip or a stalled loop has 2 s to pass.
+RENEW_AFTER = 3 / 8
 BLIP = 1.5  # seconds a failing Redis call is retried before the limiter fails closed
 RETRY_REDIS = 5.0  # with fallback on: seconds on the in-process store before asking Redis again
 TICKET_STALE = 3.0  # a waiting ticket not asked about for this long is dropped (its waiter died)
 WAIT_MAX = 1.0  # a waiter asks again at least this often (its ticket stays fresh)
 WAIT_MIN = 0.001
+WAIT_FLIGHT = 0.005  # the least wait for a slot or a probe elsewhere to end
 VOID_TTL = 60.0  # how long a ticket given back stays void
 DEFAULT_EXCHANGE_TIMEOUT = 60.0
 DEFAULT_MAX_CONNECTIONS = 32
@@ -256,7 +259,7 @@ class RedisLimiters:
     async def _renew_forever(self) -> None:
         loop = asyncio.get_running_loop()
         while any(limiter.in_flight for limiter in self._limiters.values()):
-            await asyncio.sleep(RENEW_AFTER / 3)
+            await asyncio.sleep(self.lease_ttl / 8)
             due = [limiter.renew(loop.time()) for limiter in list(self._limiters.values())]
             await asyncio.gather(*due, return_exceptions=True)
 
@@ -439,6 +442,7 @@ class _RedisLimiter:
     ) -> None:
         shared = self._shared
         loop = asyncio.get_running_loop()
+        backoff = 1.0  # grows while only the end of a request elsewhere can help
         while True:
             event.clear()
             room = self._local_room(loop.time())
@@ -457,11 +461,14 @@ class _RedisLimiter:
                 return
             if granted == -1:  # cannot happen for a live waiter; never spin on it
                 raise LimiterUnavailableError(None, message="lease id reused; this is a bug")
-            pause = min(max(int(wait_ms) / 1000, WAIT_MIN), WAIT_MAX)
-            if flight:  # a request of this process ending wakes it at once
+            if flight:
+                # A request ending helps: this process's own wake this waiter at once; those
+                # of other processes are seen by asking again, less often the longer it takes.
+                pause = min(max(int(wait_ms) / 1000, WAIT_FLIGHT) * backoff, WAIT_MAX)
+                backoff *= 1.5
                 await self._sleep(event, pause)
             else:  # only time helps: a token returning, a bound lapsing, pacing
-                await asyncio.sleep(pause)
+                await asyncio.sleep(min(max(int(wait_ms) / 1000, WAIT_MIN), WAIT_MAX))
 
     async def _shielded(self, work: Awaitable[Any]) -> None:
         task = self._shared.in_background(work)
@@ -549,7 +556,8 @@ class _RedisLimiter:
 
     async def renew(self, now: float) -> None:
         """Renew the leases of this process's requests that have been in flight a while."""
-        due = [lease for lease in self.in_flight if now - lease.renewed_at >= RENEW_AFTER]
+        after = RENEW_AFTER * self._shared.lease_ttl
+        due = [lease for lease in self.in_flight if now - lease.renewed_at >= after]
         if not due:
             return
         args: list[Any] = [_ms(self._shared.lease_ttl)]
