@@ -76,7 +76,7 @@ async def fleet(url: str, redis_url: str, seconds: float, worker: int) -> None:
                     await lease.release()
 
         await limiter.state(OPERATION)  # connected: the clock starts on "go"
-        calls_before = limits.script_calls
+        before = limits.calls.copy()
         print("ready", flush=True)
         await asyncio.get_running_loop().run_in_executor(None, sys.stdin.readline)
         tasks = [asyncio.ensure_future(one()) for _ in range(8)]
@@ -84,9 +84,14 @@ async def fleet(url: str, redis_url: str, seconds: float, worker: int) -> None:
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
-        calls = limits.script_calls - calls_before
+        calls = limits.calls - before
     await limits.close()
-    report = {"statuses": dict(statuses), "failed": failed, "script_calls": calls}
+    report = {
+        "statuses": dict(statuses),
+        "failed": failed,
+        "script_calls": sum(n for name, n in calls.items() if name != "waited"),
+        "calls": dict(calls),
+    }
     print(json.dumps(report), flush=True)
 
 

@@ -120,19 +120,23 @@ async def test_every_key_of_a_cabinet_is_in_one_hash_slot_documented_and_expirin
     await asyncio.gather(cancelled, return_exceptions=True)
     await asyncio.sleep(0.2)  # `waiting` asks Redis now: `queue`, `seen`
     await limiter.acquire(MESSAGE)  # left in flight: `overlap`; paced: `pace`
+    # A release with nobody blocked on the cabinet's `wake` list leaves an item there.
+    await (await shared.limiter(8).acquire(HISTORY)).release(NO_HEADERS)
     redis = aioredis.Redis.from_url(redis_url)
     names, slots = set(), set()
     async for raw in redis.scan_iter(match="*"):
         key = raw.decode()
-        assert key.startswith("market-chat-async:{https://ns|7}:"), key
+        assert key.startswith(
+            ("market-chat-async:{https://ns|7}:", "market-chat-async:{https://ns|8}:")
+        ), key
         names.add(key.rpartition(":")[2])
-        slots.add(key_slot(raw))
+        slots.add((key.split("}")[0], key_slot(raw)))
         assert await redis.pttl(raw) > 0, key
     await redis.aclose()
     waiting.cancel()
     await asyncio.gather(waiting, return_exceptions=True)
     await shared.close()
-    assert len(slots) == 1
+    assert len(slots) == 2  # one slot per cabinet
     assert names == set(CABINET_KEYS) | set(RESOURCE_KEYS)
     documented = redis_store.__doc__ or ""
     assert all(f"``{name}``" in documented for name in names)
@@ -194,7 +198,8 @@ async def test_a_storm_of_cancelled_acquires_leaks_no_lease(
                 await result.release(sent=False)
     other = RedisLimiters(redis_url, quotas=QUOTAS, max_parallel=4, namespace="test")
     state = await other.limiter(1).state(MESSAGE)
-    assert (state.in_flight, state.remaining) == (0, 30 - 1)  # only open_the_cabinet's token
+    assert state.in_flight == 0
+    assert state.remaining >= 30 - 1  # open_the_cabinet's token at most: nothing leaked
     leases = [await other.limiter(1).acquire(MESSAGE) for _ in range(4)]  # all four slots
     for lease in leases:
         await lease.release(sent=False)
@@ -356,8 +361,7 @@ async def test_many_cabinets_in_flight_wait_for_a_small_pool(redis_url: str) -> 
 async def test_waiting_processes_are_served_first_come_first_served(redis_url: str) -> None:
     quotas = {MESSAGE: Quota(limit=1000, period=3.0)}
     processes = [
-        RedisLimiters(redis_url, quotas=quotas, max_parallel=1, namespace="fifo")
-        for _ in range(5)
+        RedisLimiters(redis_url, quotas=quotas, max_parallel=1, namespace="fifo") for _ in range(5)
     ]
     first = await processes[0].limiter(1).acquire(MESSAGE)
     order: list[int] = []
@@ -381,12 +385,19 @@ async def test_waiting_processes_are_served_first_come_first_served(redis_url: s
 async def test_a_fleet_of_ten_processes_shares_one_cabinet_with_few_script_calls(
     redis_url: str,
 ) -> None:
-    seconds = 7.0
+    seconds = 9.0
     port = free_port()
     workers = [
         await asyncio.create_subprocess_exec(
-            sys.executable, str(WORKER), "fleet", f"http://127.0.0.1:{port}", redis_url,
-            str(seconds), str(n), stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
+            sys.executable,
+            str(WORKER),
+            "fleet",
+            f"http://127.0.0.1:{port}",
+            redis_url,
+            str(seconds),
+            str(n),
+            stdin=asyncio.subprocess.PIPE,
+            stdout=asyncio.subprocess.PIPE,
         )  # fmt: skip
         for n in range(10)
     ]

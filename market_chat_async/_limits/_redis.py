@@ -41,6 +41,7 @@ key         of       holds (zset scores and times in ms of the Redis clock)
                      end of an abandoned request's linger)
 ``overlap`` cabinet  hash: lease id in flight -> requests in flight at some moment during it
 ``void``    cabinet  zset: ids given back before their acquire ran -> until when
+``wake``    cabinet  list: one item per release (a few at most), for waiters blocked on it
 ``tokens``  resource zset: lease id -> when its quota token returns
 ``bound``   resource hash: ``budget``, ``until``, ``reported``: the server's best figure
 ``local``   resource ``1`` while the server says nothing the tokens do not
@@ -53,6 +54,7 @@ key         of       holds (zset scores and times in ms of the Redis clock)
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import heapq
 import logging
@@ -85,6 +87,7 @@ TICKET_STALE = 3.0  # a waiting ticket not asked about for this long is dropped 
 WAIT_MAX = 1.0  # a waiter asks again at least this often (its ticket stays fresh)
 WAIT_MIN = 0.001
 WAIT_FLIGHT = 0.005  # the least wait for a slot or a probe elsewhere to end
+BLOCK_MAX = 0.3  # the longest block on a `wake` list (under the 0.5 s socket timeout)
 VOID_TTL = 60.0  # how long a ticket given back stays void
 DEFAULT_EXCHANGE_TIMEOUT = 60.0
 DEFAULT_MAX_CONNECTIONS = 32
@@ -178,19 +181,28 @@ class RedisLimiters:
         else:
             self.url = type(url_or_client).__name__
             self._redis = url_or_client
-        self._calls = asyncio.Semaphore(max_connections)  # never more calls than connections
+        # Never more calls than connections; a quarter of them may block on a `wake` list.
+        self._blocking = asyncio.Semaphore(max_connections // 4)
+        self._calls = asyncio.Semaphore(max_connections - max_connections // 4)
         self._limiters: dict[int, _RedisLimiter] = {}
         self._background: set[asyncio.Task[Any]] = set()
         self._renewer: asyncio.Task[None] | None = None
         self._down_until = -math.inf  # loop time; with fallback on, Redis is not asked before
         self._degraded = False
-        self.script_calls = 0  # every script run, retries included (for the benchmarks)
+        # Script runs by name, retries included (for the benchmarks); "waited" counts the
+        # acquire calls that granted nothing.
+        self.calls: collections.Counter[str] = collections.Counter()
 
     def __repr__(self) -> str:
         return (
             f"RedisLimiters({self.url!r}, quotas={self.quotas}, "
             f"max_parallel={self.max_parallel}, fallback={self.fallback})"
         )
+
+    @property
+    def script_calls(self) -> int:
+        """How many scripts this object has run on Redis, retries included."""
+        return sum(n for name, n in self.calls.items() if name != "waited")
 
     def limiter(self, business_id: int) -> Limiter:
         """The shared limiter of one cabinet (one object per cabinet, cached)."""
@@ -224,7 +236,7 @@ class RedisLimiters:
         while True:
             try:
                 async with self._calls:
-                    self.script_calls += 1
+                    self.calls[script.name] += 1
                     try:
                         reply = await self._redis.evalsha(script.sha, len(keys), *keys, *args)
                     except NoScriptError:
@@ -243,6 +255,20 @@ class RedisLimiters:
                 self._degraded = False
                 logger.warning("Redis at %s answers again; back to the shared limiter", self.url)
             return reply
+
+    async def blocked_wait(self, key: str, seconds: float) -> bool:
+        """Block on the ``wake`` list ``key`` for up to ``seconds``; ``False`` if no
+        connection was to spare for it (or Redis failed), so the caller sleeps instead."""
+        if self._blocking.locked():
+            return False
+        async with self._blocking:
+            try:
+                await self._redis.blpop([key], timeout=seconds)
+            except Exception as exc:
+                if not _retryable(exc):
+                    raise
+                return False
+        return True
 
     def in_background(self, work: Awaitable[T]) -> asyncio.Task[T]:
         """Run ``work`` to its end even if the caller is cancelled."""
@@ -303,10 +329,11 @@ def _connect(url: str, *, cluster: bool, pool: int) -> Any:
 class _RedisLease:
     __slots__ = ("_owner", "answered", "granted_at", "id", "released", "renewed_at", "resource")
 
-    def __init__(self, owner: _RedisLimiter, resource: str) -> None:
+    def __init__(self, owner: _RedisLimiter, resource: str, ticket: str | None = None) -> None:
         self._owner = owner
         self.resource = resource
-        self.id = uuid.uuid4().hex  # chosen here, so a cancelled acquire can give it back
+        # Chosen here, before any script runs, so that a cancelled acquire can give it back.
+        self.id = ticket or uuid.uuid4().hex
         self.granted_at = 0.0  # loop time
         self.renewed_at = 0.0
         self.answered = False
@@ -321,7 +348,17 @@ class _RedisLease:
 class _Resource:
     """What one resource of a cabinet needs: its quota, keys, script arguments, head lock."""
 
-    __slots__ = ("acquire_args", "acquire_keys", "head", "quota", "release_keys", "state_keys")
+    __slots__ = (
+        "acquire_args",
+        "acquire_keys",
+        "head",
+        "queued",
+        "quota",
+        "release_keys",
+        "state_keys",
+        "waiting",
+        "wake_key",
+    )
 
     def __init__(self, shared: RedisLimiters, base: str, name: str, quota: Quota) -> None:
         self.quota = quota
@@ -329,7 +366,8 @@ class _Resource:
         keys.update({n: f"{base}{name}:{n}" for n in RESOURCE_KEYS})
         order = ("leases", "overlap", "void", "tokens", "bound", "local", "pace", "queue", "seen")
         self.acquire_keys = [keys[n] for n in order]
-        self.release_keys = [keys[n] for n in order if n != "pace"]
+        self.release_keys = [keys[n] for n in order if n != "pace"] + [keys["wake"]]
+        self.wake_key = keys["wake"]
         self.state_keys = [keys[n] for n in ("leases", "overlap", "tokens", "bound")]
         hold = quota.period + quota.effective_margin
         in_flight_hold = max(shared.lease_ttl, shared.exchange_timeout)
@@ -341,12 +379,15 @@ class _Resource:
             _ms(shared.lease_ttl),
             _ms(in_flight_hold),
             _ms(hold + in_flight_hold),  # key ttl
-            0,  # per-slot wait: filled in per call from the latency seen
+            0,  # how long a request takes: filled in per call from the latency seen
             _ms(interval) if quota.burst is not None else 0,
             _ms(interval * (quota.burst - 1)) if quota.burst is not None else 0,
             _ms(TICKET_STALE),
         ]
         self.head = asyncio.Lock()  # FIFO: only its holder asks Redis
+        self.waiting = 0  # acquire() calls of this resource under way in this process
+        # A ticket queued in Redis for the next head by the last grant: (id, wait ms, flight).
+        self.queued: tuple[str, int, int] | None = None
 
     @property
     def hold_ms(self) -> int:
@@ -414,15 +455,34 @@ class _RedisLimiter:
     async def acquire(self, resource: str) -> Lease:
         """Wait for a slot and a token of ``resource`` in Redis; first come, first served."""
         res = self._resource(resource)
+        res.waiting += 1
+        try:
+            return await self._acquire(res, resource)
+        finally:
+            res.waiting -= 1
+            if not res.waiting and res.queued is not None:  # its waiter went away
+                ticket, res.queued = res.queued[0], None
+                self._shared.in_background(
+                    self._give_back_quietly(_RedisLease(self, resource, ticket))
+                )
+
+    async def _acquire(self, res: _Resource, resource: str) -> Lease:
         shared = self._shared
         async with res.head:
             if shared.resting():
                 return await shared.local(self.business_id).acquire(resource)
-            lease = _RedisLease(self, resource)
+            first_wait = None
+            if res.queued is not None:  # the last grant queued a ticket for this waiter
+                ticket, wait_ms, flight = res.queued
+                res.queued = None
+                lease = _RedisLease(self, resource, ticket)
+                first_wait = (wait_ms, flight)
+            else:
+                lease = _RedisLease(self, resource)
             event = asyncio.Event()
             self._wakers.add(event)
             try:
-                await self._wait_for_grant(res, lease, event)
+                await self._wait_for_grant(res, lease, event, first_wait)
             except LimiterUnavailableError as exc:
                 shared.in_background(self._give_back_quietly(lease))
                 if not shared.fallback:
@@ -438,35 +498,50 @@ class _RedisLimiter:
             return lease
 
     async def _wait_for_grant(
-        self, res: _Resource, lease: _RedisLease, event: asyncio.Event
+        self,
+        res: _Resource,
+        lease: _RedisLease,
+        event: asyncio.Event,
+        first_wait: tuple[int, int] | None,
     ) -> None:
         shared = self._shared
         loop = asyncio.get_running_loop()
         backoff = 1.0  # grows while only the end of a request elsewhere can help
         while True:
             event.clear()
-            room = self._local_room(loop.time())
-            if room > 0:  # this process's own cap is full: only its own releases help
-                await self._sleep(event, min(room, WAIT_MAX))
-                continue
-            args = list(res.acquire_args)
-            args[6] = max(1, _ms(self._latency.slowest() / shared.max_parallel))
-            granted, wait_ms, flight = await shared.run(
-                ACQUIRE, res.acquire_keys, [lease.id, *args]
-            )
-            if granted == 1:
-                lease.granted_at = lease.renewed_at = loop.time()
-                self.in_flight.add(lease)
-                shared.leases_granted()
-                return
-            if granted == -1:  # cannot happen for a live waiter; never spin on it
-                raise LimiterUnavailableError(None, message="lease id reused; this is a bug")
+            if first_wait is not None:  # queued by the last grant, which said how long to wait
+                wait_ms, flight = first_wait
+                first_wait = None
+            else:
+                room = self._local_room(loop.time())
+                if room > 0:  # this process's own cap is full: only its own releases help
+                    await self._sleep(event, min(room, WAIT_MAX))
+                    continue
+                args = list(res.acquire_args)
+                args[6] = max(1, _ms(self._latency.slowest()))
+                # With others waiting behind, the grant queues the next one's ticket too.
+                following = uuid.uuid4().hex if res.waiting > 1 else ""
+                granted, wait_ms, flight = await shared.run(
+                    ACQUIRE, res.acquire_keys, [lease.id, *args, following]
+                )
+                if granted == 1:
+                    lease.granted_at = lease.renewed_at = loop.time()
+                    self.in_flight.add(lease)
+                    shared.leases_granted()
+                    if following:
+                        res.queued = (following, int(wait_ms), int(flight))
+                    return
+                shared.calls["waited"] += 1
+                if granted == -1:  # cannot happen for a live waiter; never spin on it
+                    raise LimiterUnavailableError(None, message="lease id reused; this is a bug")
             if flight:
-                # A request ending helps: this process's own wake this waiter at once; those
-                # of other processes are seen by asking again, less often the longer it takes.
+                # A request ending helps. The release script of any process pushes to the
+                # cabinet's `wake` list, which wakes the waiter blocked on it longest; failing
+                # that, ask again after the hint, less often the longer it takes.
                 pause = min(max(int(wait_ms) / 1000, WAIT_FLIGHT) * backoff, WAIT_MAX)
                 backoff *= 1.5
-                await self._sleep(event, pause)
+                if not await shared.blocked_wait(res.wake_key, BLOCK_MAX):
+                    await self._sleep(event, pause)
             else:  # only time helps: a token returning, a bound lapsing, pacing
                 await asyncio.sleep(min(max(int(wait_ms) / 1000, WAIT_MIN), WAIT_MAX))
 

@@ -21,7 +21,7 @@ __all__ = [
 ]
 
 # The cabinet's keys, shared by all its resources; then the keys each resource has of its own.
-CABINET_KEYS = ("leases", "overlap", "void")
+CABINET_KEYS = ("leases", "overlap", "void", "wake")
 RESOURCE_KEYS = ("tokens", "bound", "local", "pace", "queue", "seen")
 
 
@@ -47,10 +47,14 @@ local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 # KEYS: leases overlap void tokens bound local pace queue seen
 # ARGV: 1 ticket (the lease id, chosen by the client), 2 limit, 3 max_parallel,
 #       4 period + margin, 5 lease ttl, 6 token hold while in flight (at least the ttl: the
-#       longest exchange), 7 key ttl, 8 ms per slot to free (the wait hint), 9 pace interval
-#       (0: no pacing), 10 pace tolerance, 11 ms after which an unseen ticket is dropped.
-# Returns {1, 0, 0} granted; {0, ms, flight}: wait about that long and ask again (sooner if a
-# request ends, when flight is 1); {-1, 0, 0} void (the ticket was given back before this ran).
+#       longest exchange), 7 key ttl, 8 ms a request is expected to take at most (the slowest
+#       recent answer this process saw: for the wait hint), 9 pace interval
+#       (0: no pacing), 10 pace tolerance, 11 ms after which an unseen ticket is dropped,
+#       12 the ticket of the next waiter in this process ('': none), queued if this one is
+#       granted (the reply's wait and flight are then its).
+# Returns {1, ms, flight} granted (ms and flight: the next ticket's, as below); {0, ms, flight}:
+# wait about that long and ask again (blocked on `wake` when flight is 1: a request ending
+# helps); {-1, 0, 0} void (the ticket was given back before this ran).
 ACQUIRE = Script(
     "acquire",
     _NOW
@@ -58,8 +62,9 @@ ACQUIRE = Script(
 local leases, overlap, void, tokens, bound, local_key, pace, queue, seen = unpack(KEYS)
 local ticket, limit, max_parallel = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3])
 local hold, ttl, in_flight_hold = tonumber(ARGV[4]), tonumber(ARGV[5]), tonumber(ARGV[6])
-local key_ttl, per_slot = tonumber(ARGV[7]), tonumber(ARGV[8])
+local key_ttl, expected = tonumber(ARGV[7]), tonumber(ARGV[8])
 local interval, tolerance, stale = tonumber(ARGV[9]), tonumber(ARGV[10]), tonumber(ARGV[11])
+local next_ticket = ARGV[12]
 
 -- A reply lost on the way back and the call retried: it was granted already.
 if redis.call('HEXISTS', overlap, ticket) == 1 then return {1, 0, 0} end
@@ -77,52 +82,86 @@ redis.call('ZREMRANGEBYSCORE', tokens, '-inf', now)
 local stale_ids = redis.call('ZRANGEBYSCORE', seen, '-inf', now - stale)
 for _, id in ipairs(stale_ids) do redis.call('ZREM', queue, id) end
 redis.call('ZREMRANGEBYSCORE', seen, '-inf', now - stale)
-redis.call('ZADD', queue, 'NX', now, ticket)
-redis.call('ZADD', seen, now, ticket)
-redis.call('PEXPIRE', queue, 2 * stale)
-redis.call('PEXPIRE', seen, 2 * stale)
-local rank = redis.call('ZRANK', queue, ticket)
 
--- How many may start now, and when the one `rank` places behind the head could; `flight`
--- says whether a request ending would help (a slot, or the probe), not only time.
-local fits, wait, flight = math.huge, 0, 0
-local function limit_to(n, ms)
-  if n < fits then fits = n end
-  if n <= rank and ms > wait then wait = ms end
-end
-local slots = max_parallel - redis.call('ZCARD', leases)
-if slots <= rank then flight = 1 end
-limit_to(slots, (rank - slots + 1) * per_slot)
-local used = redis.call('ZCARD', tokens)
-local free = limit - used
-if free <= rank then
-  local nth = redis.call('ZRANGE', tokens, rank - free, rank - free, 'WITHSCORES')
-  local ms = tonumber(nth[2]) - now
-  -- Still in flight: it returns no sooner than a period after an answer still to come.
-  if ms > hold then ms = hold end
-  limit_to(free, ms)
-end
-local b = redis.call('HMGET', bound, 'budget', 'until')
-local bounded = b[1] and tonumber(b[2]) > now
-if bounded then
-  limit_to(tonumber(b[1]), tonumber(b[2]) - now)
-elseif redis.call('GET', local_key) ~= '1' then
-  -- Nothing known of the server's count: one request of the resource probes first.
-  -- (A token held past a period from now is a request in flight, or one whose lease expired.)
-  local flying = 0
-  for _, id in ipairs(redis.call('ZRANGEBYSCORE', tokens, '(' .. (now + hold), '+inf')) do
-    flying = flying + redis.call('HEXISTS', overlap, id)
+-- Where `id` stands in the queue: {may it start now, else ms to wait, whether a request
+-- ending would help; whether a bound is in force, the pacing's arrival time}.
+local function evaluate(id)
+  redis.call('ZADD', queue, 'NX', now, id)
+  redis.call('ZADD', seen, now, id)
+  redis.call('PEXPIRE', queue, 2 * stale)
+  redis.call('PEXPIRE', seen, 2 * stale)
+  local rank = redis.call('ZRANK', queue, id)
+
+  -- How many may start now, and when the one `rank` places behind the head could; `flight`
+  -- says whether a request ending would help (a slot, or the probe), not only time.
+  local flight_wait = 0
+  local fits, wait, flight = math.huge, 0, 0
+  local function limit_to(n, ms, by_flight)
+    if n < fits then fits = n end
+    if n <= rank then
+      if by_flight then flight = 1 else wait = math.max(wait, ms) end
+      if by_flight and flight_wait < ms then flight_wait = ms end
+    end
   end
-  if flying > 0 then flight = 1 end
-  limit_to(flying == 0 and 1 or 0, per_slot)
+  -- When slots free: a lingering one at its score, one in flight about the slowest recent
+  -- answer time after its grant (its expiry less the ttl, unless renewed since).
+  local taken = redis.call('ZRANGE', leases, 0, -1, 'WITHSCORES')
+  local slots = max_parallel - #taken / 2
+  local function frees_at(i)
+    local at = tonumber(taken[i + 1])
+    if redis.call('HEXISTS', overlap, taken[i]) == 1 then at = at - ttl + expected end
+    return at
+  end
+  if slots <= rank then
+    local times = {}
+    for i = 1, #taken, 2 do times[#times + 1] = frees_at(i) end
+    table.sort(times)
+    local at = times[rank - slots + 1]
+    limit_to(slots, at and at > now and at - now or expected / max_parallel, true)
+  end
+  local used = redis.call('ZCARD', tokens)
+  local free = limit - used
+  if free <= rank then
+    local nth = redis.call('ZRANGE', tokens, rank - free, rank - free, 'WITHSCORES')
+    local ms = tonumber(nth[2]) - now
+    -- Still in flight: it returns no sooner than a period after an answer still to come.
+    if ms > hold then ms = hold end
+    limit_to(free, ms)
+  end
+  local b = redis.call('HMGET', bound, 'budget', 'until')
+  local bounded = b[1] and tonumber(b[2]) > now
+  if bounded then
+    limit_to(tonumber(b[1]), tonumber(b[2]) - now)
+  elseif redis.call('GET', local_key) ~= '1' then
+    -- Nothing known of the server's count: one request of the resource probes first.
+    -- (A token held past a period from now is a request in flight, or one whose lease expired.)
+    local flying, at = 0, math.huge
+    for _, id in ipairs(redis.call('ZRANGEBYSCORE', tokens, '(' .. (now + hold), '+inf')) do
+      local expiry = redis.call('ZSCORE', leases, id)
+      if expiry and redis.call('HEXISTS', overlap, id) == 1 then
+        flying = flying + 1
+        at = math.min(at, tonumber(expiry) - ttl + expected)
+      end
+    end
+    limit_to(flying == 0 and 1 or 0, at > now and at - now or expected / max_parallel, true)
+  end
+  local tat = now
+  if interval > 0 then
+    tat = math.max(tonumber(redis.call('GET', pace)) or now, now)
+    local n = math.floor((tolerance - (tat - now)) / interval) + 1
+    limit_to(math.max(n, 0), tat - tolerance + rank * interval - now)
+  end
+  -- Time first: while a token, bound or pacing holds it back, a request ending cannot help.
+  if wait > 0 then
+    wait, flight = math.ceil(wait), 0
+  else
+    wait = math.max(1, math.ceil(flight_wait))
+  end
+  return {rank < fits, wait, flight, bounded and true or false, tat}
 end
-local tat = now
-if interval > 0 then
-  tat = math.max(tonumber(redis.call('GET', pace)) or now, now)
-  local n = math.floor((tolerance - (tat - now)) / interval) + 1
-  limit_to(math.max(n, 0), tat - tolerance + rank * interval - now)
-end
-if rank >= fits then return {0, math.max(1, math.ceil(wait)), flight} end
+
+local ok, wait, flight, bounded, tat = unpack(evaluate(ticket))
+if not ok then return {0, wait, flight} end
 
 redis.call('ZREM', queue, ticket)
 redis.call('ZREM', seen, ticket)
@@ -134,11 +173,16 @@ redis.call('ZADD', tokens, now + in_flight_hold + hold, ticket)
 if bounded then redis.call('HINCRBY', bound, 'budget', -1) end
 if interval > 0 then redis.call('SET', pace, tat + interval, 'PX', tat + interval - now) end
 for _, key in ipairs({leases, overlap, tokens}) do redis.call('PEXPIRE', key, key_ttl) end
+-- The next waiter of the same process takes its place in the queue now, and learns its wait.
+if next_ticket ~= '' then
+  local _, next_wait, next_flight = unpack(evaluate(next_ticket))
+  return {1, next_wait, next_flight}
+end
 return {1, 0, 0}
 """,
 )
 
-# KEYS: leases overlap void tokens bound local queue seen
+# KEYS: leases overlap void tokens bound local queue seen wake
 # ARGV: 1 lease id, 2 sent ('0': never reached the server), 3 answered ('1': the server
 #       answered, 4 and 5 say what), 4 remaining (-1: not said), 5 resets in (ms, -1: not
 #       said), 6 period + margin, 7 margin, 8 linger (ms the slot stays taken), 9 limit,
@@ -148,7 +192,7 @@ RELEASE = Script(
     "release",
     _NOW
     + """
-local leases, overlap, void, tokens, bound, local_key, queue, seen = unpack(KEYS)
+local leases, overlap, void, tokens, bound, local_key, queue, seen, wake = unpack(KEYS)
 local lease, sent, answered = ARGV[1], ARGV[2] == '1', ARGV[3] == '1'
 local remaining, resets = tonumber(ARGV[4]), tonumber(ARGV[5])
 local hold, margin, linger = tonumber(ARGV[6]), tonumber(ARGV[7]), tonumber(ARGV[8])
@@ -173,6 +217,10 @@ if not overlapped then
   return 0
 end
 redis.call('HDEL', overlap, lease)
+-- Wake the waiter (of any process) blocked longest on `wake`: a slot, or a probe, is free.
+redis.call('LPUSH', wake, 1)
+redis.call('LTRIM', wake, 0, 3)
+redis.call('PEXPIRE', wake, key_ttl)
 if not sent then
   redis.call('ZREM', leases, lease)
   redis.call('ZREM', tokens, lease)
