@@ -60,9 +60,7 @@ def _answers_ping(port: int) -> bool:
 
 def _start(port: int, *extra: str, cwd: str | None = None) -> subprocess.Popen[bytes]:
     args = ["--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]
-    proc = subprocess.Popen(
-        ["redis-server", *args, *extra], stdout=subprocess.DEVNULL, cwd=cwd
-    )
+    proc = subprocess.Popen(["redis-server", *args, *extra], stdout=subprocess.DEVNULL, cwd=cwd)
     deadline = time.monotonic() + 10
     while not _answers_ping(port):
         if time.monotonic() > deadline or proc.poll() is not None:
@@ -107,9 +105,9 @@ def redis_cluster() -> Iterator[str]:
                 node_dir.mkdir()
                 procs.append(_start(port, *extra, "--dir", str(node_dir), cwd=str(node_dir)))
             nodes = [f"127.0.0.1:{port}" for port in ports]
+            create = ["--cluster", "create", *nodes, "--cluster-replicas", "0", "--cluster-yes"]
             subprocess.run(
-                ["redis-cli", "--cluster", "create", *nodes, "--cluster-replicas", "0"]
-                + ["--cluster-yes"],
+                ["redis-cli", *create],
                 check=True,
                 capture_output=True,
             )

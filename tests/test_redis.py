@@ -398,7 +398,7 @@ async def test_a_fleet_of_ten_processes_shares_one_cabinet_with_few_script_calls
             str(n),
             stdin=asyncio.subprocess.PIPE,
             stdout=asyncio.subprocess.PIPE,
-        )  # fmt: skip
+        )
         for n in range(10)
     ]
     for worker in workers:
