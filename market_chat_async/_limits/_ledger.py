@@ -81,6 +81,7 @@ class ResourceLedger:
 
     def next_change(self, now: float) -> float:
         """The next moment a time-based constraint can lift (``inf`` if only a release can)."""
+        self._expire(now)
         times = [now + wait] if (wait := self._pace_wait(now)) > 0 else []
         if self._returns:
             times.append(self._returns[0])

@@ -239,13 +239,13 @@ class CabinetLimiter:
 
     def _arm_timers(self, now: float) -> None:
         """Wake waiters blocked on time, on each of their loops, at the next change."""
-        when = math.inf
+        when = min(self._lingering, default=math.inf)
         loops: set[asyncio.AbstractEventLoop] = set()
+        slot_free = self._slot_free(now)  # else only a release or a lingering slot can help
         for resource, queue in self._waiters.items():
             loops.update(w.loop for w in queue if not w.abandoned)
-            when = min(when, self._ledgers[resource].next_change(now))
-        if self._lingering:
-            when = min(when, self._lingering[0])
+            if slot_free:
+                when = min(when, self._ledgers[resource].next_change(now))
         if when == math.inf:
             return
         for loop in loops:
