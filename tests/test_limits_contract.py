@@ -9,6 +9,7 @@ conditions rather than durations, and bounds time only from below.
 from __future__ import annotations
 
 import asyncio
+import math
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator, Mapping
 
@@ -211,3 +212,38 @@ async def test_a_parallel_refusal_lowers_the_cap_to_what_was_in_flight_less_one(
     await second.release(NO_HEADERS)
     await (await granted(fifth)).release(NO_HEADERS)
     await fourth.release(NO_HEADERS)
+
+
+@pytest.mark.looptime
+@pytest.mark.parametrize("latency", [0.05, 0.3])
+@pytest.mark.parametrize("offset", [0.0, 3590.0, 3599.5])
+async def test_a_fixed_window_server_gets_99_percent_of_its_quota_at_any_offset(
+    latency: float, offset: float
+) -> None:
+    """The server counts each request on arrival in fixed hours; the client starts ``offset``
+    seconds into one and keeps four requests going for six hours."""
+    limiter = CabinetLimiter({A: Quota(limit=1000, period=3600.0)}, 4)
+    loop = asyncio.get_running_loop()
+    start = loop.time() - offset  # the server's hour 0 began `offset` seconds ago
+    counted: dict[int, int] = {}
+    over = 0
+
+    async def worker() -> None:
+        nonlocal over
+        while loop.time() - start < offset + 6 * 3600:
+            lease = await limiter.acquire(A)
+            await asyncio.sleep(latency / 2)
+            hour = int((loop.time() - start) // 3600)
+            counted[hour] = counted.get(hour, 0) + 1
+            over += counted[hour] > 1000
+            await asyncio.sleep(latency / 2)
+            remaining = 1000 - counted[hour]
+            resets_in = float(math.ceil((hour + 1) * 3600 - (loop.time() - start)))
+            await lease.release(Answer(remaining=max(0, remaining), resets_in=resets_in))
+
+    tasks = [asyncio.ensure_future(worker()) for _ in range(4)]
+    await asyncio.gather(*tasks)
+    assert over == 0
+    first, last = min(counted), max(counted)
+    full_hours = [counted[hour] for hour in range(first + 1, last)]
+    assert min(full_hours) >= 990, counted

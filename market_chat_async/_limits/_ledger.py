@@ -124,7 +124,7 @@ class ResourceLedger:
         fresh = _ServerBound(
             budget=remaining - overlap,
             starts=self._starts,
-            until=now + wait + self.quota.effective_margin,
+            until=now + wait + self.quota.reset_margin,
             reported=remaining,
         )
         current = self._bound

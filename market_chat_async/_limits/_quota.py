@@ -9,19 +9,31 @@ import attrs
 
 __all__ = ["Answer", "Lease", "Limiter", "Quota", "QuotaState"]
 
+# How far two clocks may drift apart, as a share of the time measured (10 ppm: a quartz clock
+# without NTP does better than 50 ppm, one with NTP far better).
+CLOCK_RATE_TOLERANCE = 1e-5
+# The X-RateLimit-Resource-Until and Date headers are whole seconds.
+HEADER_RESOLUTION = 1.0
+
 
 @attrs.frozen
 class Quota:
     """A resource quota: at most ``limit`` requests per any ``period`` seconds, per cabinet.
 
-    ``margin`` is extra time each token is held beyond the period, for whole-second server clocks
-    and network delay; by default ``min(1 s, period / 1000)``. ``burst``, if set, paces requests
-    to ``limit / period`` per second with bursts of up to ``burst`` (off by default: full speed).
+    ``margin`` is extra time each token is held beyond the period. The period already starts
+    when the answer arrived, after the server counted the request whatever the latency, so by
+    default the margin only allows for clocks that run at slightly different rates
+    (:data:`CLOCK_RATE_TOLERANCE` of the period, at least 1 ms: 36 ms an hour); a reset time
+    read from the whole-second rate-limit headers is held :data:`HEADER_RESOLUTION` longer
+    instead. Every second of margin costs about ``max_parallel / latency`` requests a window
+    against a fixed-window server (the burst a window edge cuts drifts by it each period).
+    Given, ``margin`` is used for both. ``burst``, if set, paces requests to ``limit / period``
+    per second with bursts of up to ``burst`` (off by default: full speed).
 
     >>> Quota()
     Quota(limit=1000, period=3600.0, margin=None, burst=None)
-    >>> Quota(limit=30, period=3.0).effective_margin
-    0.003
+    >>> Quota().effective_margin, Quota().reset_margin
+    (0.036, 1.0)
     """
 
     limit: int = attrs.field(default=1000, validator=[attrs.validators.instance_of(int)])
@@ -51,8 +63,17 @@ class Quota:
 
     @property
     def effective_margin(self) -> float:
-        """The margin in force: ``margin`` if given, else ``min(1.0, period / 1000)``."""
-        return self.margin if self.margin is not None else min(1.0, self.period / 1000)
+        """Seconds a token is held beyond the period: ``margin`` if given, else the clock-rate
+        allowance."""
+        if self.margin is not None:
+            return self.margin
+        return round(max(0.001, self.period * CLOCK_RATE_TOLERANCE), 6)
+
+    @property
+    def reset_margin(self) -> float:
+        """Seconds added to a reset time the server gave (whole-second headers): ``margin``
+        if given, else :data:`HEADER_RESOLUTION`."""
+        return self.margin if self.margin is not None else HEADER_RESOLUTION
 
     @property
     def pace_interval(self) -> float:

@@ -620,7 +620,7 @@ class _RedisLimiter:
                 remaining,
                 resets,
                 res.hold_ms,
-                _ms(quota.effective_margin),
+                _ms(quota.reset_margin),
                 max(0, _ms(linger)),
                 quota.limit,
                 _ms(min(quota.period, UNKNOWN_RESET_WAIT)),

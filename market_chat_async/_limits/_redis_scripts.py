@@ -185,7 +185,8 @@ return {1, 0, 0}
 # KEYS: leases overlap void tokens bound local queue seen wake
 # ARGV: 1 lease id, 2 sent ('0': never reached the server), 3 answered ('1': the server
 #       answered, 4 and 5 say what), 4 remaining (-1: not said), 5 resets in (ms, -1: not
-#       said), 6 period + margin, 7 margin, 8 linger (ms the slot stays taken), 9 limit,
+#       said), 6 period + margin, 7 margin of a reset time (whole-second headers), 8 linger
+#       (ms the slot stays taken), 9 limit,
 #       10 reset wait assumed when a Remaining came without one, 11 key ttl, 12 void ttl.
 # Returns 1 if the lease was in flight, 0 if not (never granted, or expired).
 RELEASE = Script(
