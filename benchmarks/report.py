@@ -48,9 +48,15 @@ def rows() -> list[str]:
         )
     if overhead := load("overhead"):
         out.append(
-            f"| Per request, sequential, local server | {overhead['client_us_per_request']} us "
-            f"| raw aiohttp: {overhead['raw_aiohttp_us_per_request']} us "
+            f"| Client CPU per request, server sending rate-limit headers "
+            f"| {overhead['client_cpu_us_per_request']} us "
+            f"| raw aiohttp: {overhead['raw_aiohttp_cpu_us_per_request']} us "
             f"(x{overhead['ratio']}) | `overhead.json`, {stamp(overhead)} |"
+        )
+        out.append(
+            f"| `import market_chat_async` | {overhead['import_package_ms']} ms "
+            f"| `import aiohttp`: {overhead['import_aiohttp_ms']} ms "
+            f"(x{overhead['import_package_vs_aiohttp']}) | `overhead.json` |"
         )
     if acquire := load("acquire"):
         out.append(

@@ -119,7 +119,7 @@ _WHERE = {
     "ChatType": "_models",
     "Customer": "_models",
     "Sender": "_models",
-    "DEFAULT_QUOTAS": "_protocol",
+    "DEFAULT_QUOTAS": "_protocol._endpoints",
     "RetryPolicy": "_retry",
     "AiohttpTransport": "_transport",
     "HttpRequest": "_transport",

@@ -54,7 +54,11 @@ _NOT_SENT: tuple[type[BaseException], ...] = (
 class HttpRequest:
     """One HTTP exchange to make: an absolute ``url`` without its query, the query ``params``,
     the ``headers`` (credentials included, when the funnel decided they may go), and a body:
-    ``json`` (already encoded) or a multipart ``file``."""
+    ``json`` (already encoded) or a multipart ``file``. The headers never show in its repr.
+
+    >>> HttpRequest("GET", "https://api.invalid/v2/x", {"chatId": "1"}, {"Api-Key": "secret"})
+    HttpRequest(method='GET', url='https://api.invalid/v2/x', params={'chatId': '1'}, json=None, file=None)
+    """
 
     method: str
     url: str
@@ -67,7 +71,11 @@ class HttpRequest:
 @attrs.frozen
 class HttpResponse:
     """What came back: status, headers (case-insensitive lookups, or lower-case keys) and the
-    whole body, decompressed."""
+    whole body, decompressed.
+
+    >>> HttpResponse(404, {}, b'{"errors": [{"code": "NOT_FOUND"}]}').status
+    404
+    """
 
     status: int
     headers: Mapping[str, str]
@@ -75,7 +83,15 @@ class HttpResponse:
 
 
 class Transport(Protocol):
-    """Sends one HTTP exchange; see the module docstring for the contract."""
+    """Sends one HTTP exchange; see the module docstring for the contract.
+
+    >>> class Canned:
+    ...     async def send(self, request: HttpRequest) -> HttpResponse:
+    ...         return HttpResponse(200, {}, b'{"status": "OK"}')
+    ...     async def close(self) -> None:
+    ...         pass
+    >>> transport: Transport = Canned()
+    """
 
     async def send(self, request: HttpRequest) -> HttpResponse:
         """Make the exchange and return the answer (raising only the two errors above)."""
