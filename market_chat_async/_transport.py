@@ -56,8 +56,9 @@ class HttpRequest:
     the ``headers`` (credentials included, when the funnel decided they may go), and a body:
     ``json`` (already encoded) or a multipart ``file``. The headers never show in its repr.
 
-    >>> HttpRequest("GET", "https://api.invalid/v2/x", {"chatId": "1"}, {"Api-Key": "secret"})
-    HttpRequest(method='GET', url='https://api.invalid/v2/x', params={'chatId': '1'}, json=None, file=None)
+    >>> request = HttpRequest("GET", "https://api.invalid/v", {"chatId": "1"}, {"Api-Key": "secret"})
+    >>> "secret" in repr(request)
+    False
     """
 
     method: str
