@@ -56,7 +56,7 @@ class HttpRequest:
     the ``headers`` (credentials included, when the funnel decided they may go), and a body:
     ``json`` (already encoded) or a multipart ``file``. The headers never show in its repr.
 
-    >>> request = HttpRequest("GET", "https://api.invalid/v", {"chatId": "1"}, {"Api-Key": "secret"})
+    >>> request = HttpRequest("GET", "https://api.invalid/v", {}, {"Api-Key": "secret"})
     >>> "secret" in repr(request)
     False
     """
