@@ -24,14 +24,16 @@ from __future__ import annotations
 import urllib.request
 import zlib
 from collections.abc import Mapping
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 from urllib.parse import urlsplit
 
-import aiohttp
 import attrs
 
 from ._errors import MalformedResponseError, MarketConnectionError
 from ._protocol import FilePart
+
+if TYPE_CHECKING:
+    import aiohttp
 
 __all__ = [
     "DEFAULT_MAX_BODY_BYTES",
@@ -43,11 +45,14 @@ __all__ = [
 
 DEFAULT_MAX_BODY_BYTES = 8 * 1024 * 1024
 _CHUNK = 64 * 1024
-# Connection failures where nothing of the request left this process.
-_NOT_SENT: tuple[type[BaseException], ...] = (
-    aiohttp.ClientConnectorError,
-    *(cls for cls in (getattr(aiohttp, "ConnectionTimeoutError", None),) if cls is not None),
-)
+
+
+def _not_sent() -> tuple[type[BaseException], ...]:
+    """Connection failures where nothing of the request left this process."""
+    import aiohttp
+
+    timeout = getattr(aiohttp, "ConnectionTimeoutError", None)  # aiohttp 3.10 and later
+    return (aiohttp.ClientConnectorError, *((timeout,) if timeout is not None else ()))
 
 
 @attrs.frozen
@@ -122,6 +127,8 @@ class AiohttpTransport:
         proxy: str | None = None,
         max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
     ) -> None:
+        import aiohttp  # here, not at import time: the package loads without the HTTP stack
+
         self._session = session
         self._owns_session = session is None
         self.timeout = timeout
@@ -143,6 +150,8 @@ class AiohttpTransport:
             self._session = None
 
     async def send(self, request: HttpRequest) -> HttpResponse:
+        import aiohttp
+
         session = self._session
         if session is None:
             session = self._session = aiohttp.ClientSession()
@@ -194,14 +203,15 @@ class AiohttpTransport:
 
     def _connection_error(self, exc: BaseException) -> MarketConnectionError:
         # Described, not chained: aiohttp's errors can hold request headers or proxy auth.
-        if isinstance(exc, TimeoutError) and not isinstance(exc, _NOT_SENT):
+        not_sent = _not_sent()
+        if isinstance(exc, TimeoutError) and not isinstance(exc, not_sent):
             what = f"timed out after {self.timeout} s"
         else:
             what = str(exc)
         if self._proxy and "@" in self._proxy:
             what = what.replace(self._proxy, "<proxy>")
         return MarketConnectionError(
-            None, message=f"{type(exc).__name__}: {what}", sent=not isinstance(exc, _NOT_SENT)
+            None, message=f"{type(exc).__name__}: {what}", sent=not isinstance(exc, not_sent)
         )
 
     async def _read(self, resp: aiohttp.ClientResponse) -> bytes:
