@@ -410,3 +410,61 @@ async def test_debug_log_has_one_line_per_exchange_and_no_key(
     assert len(lines) == 1
     assert lines[0].startswith("GET /v2/businesses/12345/chats/message -> 200 in ")
     assert API_KEY not in caplog.text
+
+
+# -- proxies and timeouts ------------------------------------------------------------------------
+
+
+@contextlib.asynccontextmanager
+async def forward_proxy(seen: list[str]) -> Any:
+    """An HTTP proxy on localhost that answers every request itself, noting its target."""
+
+    async def handler(request: web.Request) -> web.Response:
+        seen.append(str(request.url))
+        return web.json_response({"status": "OK", "result": MESSAGE})
+
+    async with app_server(handler) as url:
+        yield url
+
+
+async def test_the_environments_proxy_is_honoured(monkeypatch: pytest.MonkeyPatch) -> None:
+    seen: list[str] = []
+    async with forward_proxy(seen) as proxy:
+        monkeypatch.setenv("HTTP_PROXY", proxy)
+        monkeypatch.delenv("NO_PROXY", raising=False)
+        monkeypatch.delenv("no_proxy", raising=False)
+        async with MarketChatClient(api_key=API_KEY, base_url="http://api.market.invalid") as c:
+            assert (await c.get_message(BUSINESS, 1, 1)).message_id == 1
+    assert seen == [
+        "http://api.market.invalid/v2/businesses/12345/chats/message?chatId=1&messageId=1"
+    ]
+
+
+async def test_no_proxy_goes_direct(market: RunningServer, monkeypatch: pytest.MonkeyPatch) -> None:
+    seen: list[str] = []
+    async with forward_proxy(seen) as proxy:
+        monkeypatch.setenv("HTTP_PROXY", proxy)
+        monkeypatch.setenv("NO_PROXY", "127.0.0.1")
+        async with MarketChatClient(api_key=API_KEY, base_url=market.url) as client:
+            await client.get_message(BUSINESS, 1, 2)
+    assert seen == []
+    assert market.server.stats.requests == 1
+
+
+async def test_an_explicit_proxy_wins(monkeypatch: pytest.MonkeyPatch) -> None:
+    seen: list[str] = []
+    async with forward_proxy(seen) as proxy:
+        monkeypatch.setenv("HTTP_PROXY", "http://127.0.0.1:9")  # nothing listens there
+        async with MarketChatClient(
+            api_key=API_KEY, base_url="http://api.market.invalid", proxy=proxy
+        ) as client:
+            await client.get_message(BUSINESS, 1, 1)
+    assert len(seen) == 1
+
+
+def test_connect_and_total_timeouts_are_separate() -> None:
+    client = MarketChatClient(api_key=API_KEY, timeout=20.0, connect_timeout=2.5)
+    timeout = client._funnel.transport._timeout  # type: ignore[attr-defined]
+    assert (timeout.total, timeout.connect) == (20.0, 2.5)
+    with pytest.raises(ValueError, match="connect_timeout"):
+        MarketChatClient(api_key=API_KEY, connect_timeout=0)
