@@ -1,120 +1,177 @@
-"""Added latency per request of the Redis limiter versus the in-process one, same run.
+"""What the Redis store costs and how a fleet fares with it, against a local redis-server.
 
-Two measurements, each in interleaved rounds (in-process, then Redis) with the median taken:
+Four figures (a redis-server is started here on a free localhost port; skipped, with a
+message, when none is installed):
 
-* ``get_message`` calls, one after another, against the bundled test server (no latency, no
-  limits, quota opened wide), with the in-process limiter and with ``redis_url=``: what a
-  request costs end to end (the keys the README and the docs quote);
-* bare limiter cycles, ``acquire`` -> ``observe`` -> ``release``, no HTTP: the limiter alone.
+* **cost per request**: sequential acquire -> release (with an answer) on one cabinet, versus
+  one bare ``EVALSHA`` of a script that returns at once, on the same Redis, same run (median
+  of interleaved rounds); with the script calls each request made. Goal: <= 2.2x (a request
+  needs two round trips);
+* **fleet**: 10 worker processes (``tests/_redis_worker.py fleet``), 8 requests in flight
+  each, on one cabinet of the bundled Market server (30 per 3 s, fixed window, 20 ms
+  latency): script calls per accepted request, 420s, and the use of the quota (answers over
+  what 30 per 3 s allows for the run's length);
+* **dead worker**: a worker holding 4 slots is killed with SIGKILL; seconds until another
+  process holds all 4 (default lease TTL).
 
-A redis-server is started here on a free localhost port (skipped, with a message, when none is
-installed). Writes ``benchmarks/results/redis.json``. Run: ``python benchmarks/bench_redis.py``.
+Writes ``benchmarks/results/redis.json``. Run: ``python benchmarks/bench_redis.py``.
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
 import shutil
-import socket
 import statistics
-import subprocess
 import sys
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
+ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(ROOT))
 
-from _common import write_result
+# The benchmark helpers and the tests' Redis helpers are found through the path set above.
+from _common import write_result  # noqa: E402
 
-from market_chat_async import MarketChatClient, Quota
-from market_chat_async._limits import CabinetLimiter, Limiter
-from market_chat_async._redis import RedisLimiters
-from market_chat_async.testing import MarketTestServer, serve
+from market_chat_async._limits import Answer, Quota  # noqa: E402
+from market_chat_async._limits._redis import LEASE_TTL, RedisLimiters  # noqa: E402
+from market_chat_async.testing import MarketTestServer, serve  # noqa: E402
+from tests._redis_servers import free_port, redis_server  # noqa: E402
 
-REQUESTS = 1_000  # get_message calls per round
-CYCLES = 2_000  # limiter cycles per round
-ROUNDS = 3
-KEY = "test-api-key"
-WIDE_OPEN = Quota(limit=10**9, period=3600.0)
-
-
-@contextmanager
-def redis_server() -> Iterator[str]:
-    """A throwaway redis-server on a free port, answering PING; yields its URL."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    args = ["--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]
-    proc = subprocess.Popen(["redis-server", *args], stdout=subprocess.DEVNULL)
-    try:
-        deadline = time.monotonic() + 10
-        while True:
-            try:
-                with socket.create_connection(("127.0.0.1", port), timeout=0.2) as conn:
-                    conn.sendall(b"PING\r\n")
-                    if conn.recv(16).startswith(b"+PONG"):
-                        break
-            except OSError:
-                if time.monotonic() > deadline or proc.poll() is not None:
-                    raise
-                time.sleep(0.02)
-        yield f"redis://127.0.0.1:{port}/0"
-    finally:
-        proc.kill()
-        proc.wait()
+WORKER = ROOT / "tests" / "_redis_worker.py"
+RESOURCE = "getChatMessage"
+WIDE_OPEN = {RESOURCE: Quota(limit=10**9, period=3600.0)}
+REQUESTS = 2_000
+ROUNDS = 5
+FLEET = 10
+FLEET_SECONDS = 15.0
+ANSWER = Answer(remaining=10**9 - 1, resets_in=3600.0)
 
 
-async def per_request(url: str, business_id: int, redis_url: str | None) -> float:
-    """Seconds per sequential get_message call."""
-    async with MarketChatClient(
-        api_key=KEY, base_url=url, quota=WIDE_OPEN, redis_url=redis_url
-    ) as client:
-        await client.get_message(business_id, 1, 1)  # connections and scripts ready
-        started = time.perf_counter()
-        for i in range(REQUESTS):
-            await client.get_message(business_id, 1, i + 2)
-        return (time.perf_counter() - started) / REQUESTS
-
-
-async def per_cycle(limiter: Limiter) -> float:
-    """Seconds per sequential acquire -> observe (no headers) -> release."""
+async def bare_evalsha(redis: Any, sha: str, n: int) -> float:
+    """Seconds per bare EVALSHA round trip."""
     started = time.perf_counter()
-    for _ in range(CYCLES):
-        lease = await limiter.acquire()
-        await limiter.observe(lease, None, None)
-        await lease.release()
-    return (time.perf_counter() - started) / CYCLES
+    for _ in range(n):
+        await redis.evalsha(sha, 1, "bench-bare")
+    return (time.perf_counter() - started) / n
 
 
-async def measure(redis_url: str) -> dict[str, float]:
-    local, shared = [], []
-    async with serve(MarketTestServer(quota=None, max_parallel=None)) as running:
-        for n in range(ROUNDS):
-            local.append(await per_request(running.url, 100 + n, None))
-            shared.append(await per_request(running.url, 200 + n, redis_url))
-    local_cycles, shared_cycles = [], []
-    limiters = RedisLimiters(redis_url, quota=WIDE_OPEN, max_parallel=4, namespace_key="bench")
+async def limiter_requests(limits: RedisLimiters, business_id: int, n: int) -> tuple[float, float]:
+    """Seconds and script calls per acquire -> release (answered)."""
+    limiter = limits.limiter(business_id)
+    lease = await limiter.acquire(RESOURCE)  # the probe: the cabinet's count is known after
+    await lease.release(ANSWER)
+    calls = limits.script_calls
+    started = time.perf_counter()
+    for _ in range(n):
+        lease = await limiter.acquire(RESOURCE)
+        await lease.release(ANSWER)
+    return (time.perf_counter() - started) / n, (limits.script_calls - calls) / n
+
+
+async def cost(redis_url: str) -> dict[str, Any]:
+    import redis.asyncio as aioredis
+
+    redis = aioredis.Redis.from_url(redis_url)
+    sha = await redis.script_load("return 1")
+    limits = RedisLimiters(redis_url, quotas=WIDE_OPEN, max_parallel=4, namespace="bench")
+    bare, per_request, calls = [], [], []
     for n in range(ROUNDS):
-        local_cycles.append(await per_cycle(CabinetLimiter(WIDE_OPEN, max_parallel=4)))
-        shared_cycles.append(await per_cycle(limiters.limiter(300 + n)))
-    await limiters.close()
-
-    local_us, redis_us = statistics.median(local) * 1e6, statistics.median(shared) * 1e6
-    local_cycle_us = statistics.median(local_cycles) * 1e6
-    redis_cycle_us = statistics.median(shared_cycles) * 1e6
+        bare.append(await bare_evalsha(redis, sha, REQUESTS))
+        seconds, per = await limiter_requests(limits, 100 + n, REQUESTS)
+        per_request.append(seconds)
+        calls.append(per)
+    await limits.close()
+    await redis.aclose()
+    bare_us = statistics.median(bare) * 1e6
+    request_us = statistics.median(per_request) * 1e6
     return {
         "requests_per_round": REQUESTS,
         "rounds": ROUNDS,
-        "in_process_us_per_request": round(local_us, 1),
-        "redis_us_per_request": round(redis_us, 1),
-        "added_us_per_request": round(redis_us - local_us, 1),
-        "ratio": round(redis_us / local_us, 3),
-        "cycles_per_round": CYCLES,
-        "in_process_us_per_cycle": round(local_cycle_us, 1),
-        "redis_us_per_cycle": round(redis_cycle_us, 1),
-        "added_us_per_cycle": round(redis_cycle_us - local_cycle_us, 1),
+        "bare_evalsha_us": round(bare_us, 1),
+        "us_per_request": round(request_us, 1),
+        "ratio_to_bare_evalsha": round(request_us / bare_us, 2),
+        "script_calls_per_request": statistics.median(calls),
+    }
+
+
+async def fleet(redis_url: str) -> dict[str, Any]:
+    port = free_port()
+    workers = [
+        await asyncio.create_subprocess_exec(
+            sys.executable,
+            str(WORKER),
+            "fleet",
+            f"http://127.0.0.1:{port}",
+            redis_url,
+            str(FLEET_SECONDS),
+            str(n),
+            stdin=asyncio.subprocess.PIPE,
+            stdout=asyncio.subprocess.PIPE,
+        )
+        for n in range(FLEET)
+    ]
+    for worker in workers:
+        assert worker.stdout is not None
+        assert (await worker.stdout.readline()).strip() == b"ready"
+    server = MarketTestServer(quota=30, period=3.0, window="fixed", latency=0.02)
+    async with serve(server, port=port):
+        outputs = await asyncio.gather(*(w.communicate(b"go\n") for w in workers))
+        elapsed = server.now()
+    reports = [json.loads(out) for out, _ in outputs]
+    answered = [r["statuses"].get("200", 0) for r in reports]
+    calls = sum(r["script_calls"] for r in reports)
+    return {
+        "fleet_processes": FLEET,
+        "fleet_seconds": FLEET_SECONDS,
+        "fleet_answered": sum(answered),
+        "fleet_answered_per_process": sorted(answered),
+        "fleet_script_calls_per_accepted_request": round(calls / sum(answered), 2),
+        "fleet_quota_420": server.stats.quota_420,
+        "fleet_parallel_420": server.stats.parallel_420,
+        "fleet_failures": sum(len(r["failed"]) for r in reports),
+        "fleet_max_in_flight": server.stats.max_in_flight[1],
+        # The quota's rate (30 per 3 s) over the run, from "go" to the last answer.
+        "fleet_quota_use": round(sum(answered) / (30 * elapsed / 3.0), 3),
+    }
+
+
+async def dead_worker(redis_url: str) -> dict[str, Any]:
+    holder = await asyncio.create_subprocess_exec(
+        sys.executable,
+        str(WORKER),
+        "hold",
+        redis_url,
+        "dead",
+        "4",
+        str(LEASE_TTL),
+        stdout=asyncio.subprocess.PIPE,
+    )
+    assert holder.stdout is not None
+    assert (await holder.stdout.readline()).strip() == b"held"
+    await asyncio.sleep(2 * LEASE_TTL)  # renewed meanwhile: nothing comes back while it lives
+    limits = RedisLimiters(
+        redis_url, quotas={RESOURCE: Quota(limit=30, period=3.0)}, max_parallel=4, namespace="dead"
+    )
+    limiter = limits.limiter(1)
+    assert (await limiter.state(RESOURCE)).in_flight == 4
+    holder.kill()
+    await holder.wait()
+    killed = time.perf_counter()
+    for _ in range(4):
+        await limiter.acquire(RESOURCE)
+    back = time.perf_counter() - killed
+    await limits.close()
+    return {"lease_ttl_s": LEASE_TTL, "dead_worker_slots_back_s": round(back, 2)}
+
+
+async def measure(redis_url: str) -> dict[str, Any]:
+    return {
+        **(await cost(redis_url)),
+        **(await fleet(redis_url)),
+        **(await dead_worker(redis_url)),
     }
 
 
@@ -125,11 +182,7 @@ def main() -> None:
     with redis_server() as redis_url:
         result = asyncio.run(measure(redis_url))
     write_result("redis", result)
-    print(
-        f"redis: {result['redis_us_per_request']} us per get_message vs "
-        f"{result['in_process_us_per_request']} us in-process (x{result['ratio']}); "
-        f"limiter alone {result['redis_us_per_cycle']} vs {result['in_process_us_per_cycle']} us"
-    )
+    print(json.dumps(result, indent=2))
 
 
 if __name__ == "__main__":

@@ -79,18 +79,24 @@ redis.call('ZREMRANGEBYSCORE', leases, '-inf', now)
 redis.call('ZREMRANGEBYSCORE', tokens, '-inf', now)
 
 -- First come, first served: this ticket's place among the waiters that are still asking.
-local stale_ids = redis.call('ZRANGEBYSCORE', seen, '-inf', now - stale)
-for _, id in ipairs(stale_ids) do redis.call('ZREM', queue, id) end
-redis.call('ZREMRANGEBYSCORE', seen, '-inf', now - stale)
+local queued = redis.call('ZCARD', queue) > 0
+if queued then
+  local stale_ids = redis.call('ZRANGEBYSCORE', seen, '-inf', now - stale)
+  for _, id in ipairs(stale_ids) do redis.call('ZREM', queue, id) end
+  redis.call('ZREMRANGEBYSCORE', seen, '-inf', now - stale)
+end
 
 -- Where `id` stands in the queue: {may it start now, else ms to wait, whether a request
 -- ending would help; whether a bound is in force, the pacing's arrival time}.
-local function evaluate(id)
-  redis.call('ZADD', queue, 'NX', now, id)
-  redis.call('ZADD', seen, now, id)
-  redis.call('PEXPIRE', queue, 2 * stale)
-  redis.call('PEXPIRE', seen, 2 * stale)
-  local rank = redis.call('ZRANK', queue, id)
+local function evaluate(id, enqueue)
+  local rank = 0
+  if enqueue then  -- (with nobody waiting, it is first: it queues only if it must wait)
+    redis.call('ZADD', queue, 'NX', now, id)
+    redis.call('ZADD', seen, now, id)
+    redis.call('PEXPIRE', queue, 2 * stale)
+    redis.call('PEXPIRE', seen, 2 * stale)
+    rank = redis.call('ZRANK', queue, id)
+  end
 
   -- How many may start now, and when the one `rank` places behind the head could; `flight`
   -- says whether a request ending would help (a slot, or the probe), not only time.
@@ -160,11 +166,16 @@ local function evaluate(id)
   return {rank < fits, wait, flight, bounded and true or false, tat}
 end
 
-local ok, wait, flight, bounded, tat = unpack(evaluate(ticket))
-if not ok then return {0, wait, flight} end
+local ok, wait, flight, bounded, tat = unpack(evaluate(ticket, queued))
+if not ok then
+  if not queued then evaluate(ticket, true) end
+  return {0, wait, flight}
+end
 
-redis.call('ZREM', queue, ticket)
-redis.call('ZREM', seen, ticket)
+if queued then
+  redis.call('ZREM', queue, ticket)
+  redis.call('ZREM', seen, ticket)
+end
 local flying = redis.call('HKEYS', overlap)
 for _, id in ipairs(flying) do redis.call('HINCRBY', overlap, id, 1) end
 redis.call('HSET', overlap, ticket, #flying)
@@ -175,7 +186,7 @@ if interval > 0 then redis.call('SET', pace, tat + interval, 'PX', tat + interva
 for _, key in ipairs({leases, overlap, tokens}) do redis.call('PEXPIRE', key, key_ttl) end
 -- The next waiter of the same process takes its place in the queue now, and learns its wait.
 if next_ticket ~= '' then
-  local _, next_wait, next_flight = unpack(evaluate(next_ticket))
+  local _, next_wait, next_flight = unpack(evaluate(next_ticket, true))
   return {1, next_wait, next_flight}
 end
 return {1, 0, 0}
@@ -198,11 +209,12 @@ local lease, sent, answered = ARGV[1], ARGV[2] == '1', ARGV[3] == '1'
 local remaining, resets = tonumber(ARGV[4]), tonumber(ARGV[5])
 local hold, margin, linger = tonumber(ARGV[6]), tonumber(ARGV[7]), tonumber(ARGV[8])
 local limit, key_ttl = tonumber(ARGV[9]), tonumber(ARGV[11])
-redis.call('ZREM', queue, lease)
-redis.call('ZREM', seen, lease)
 local returns = now + hold
 local overlapped = redis.call('HGET', overlap, lease)
 if not overlapped then
+  -- (A granted ticket left the queue when it was granted.)
+  redis.call('ZREM', queue, lease)
+  redis.call('ZREM', seen, lease)
   local held = redis.call('ZSCORE', tokens, lease)
   if not held then
     -- Never granted: a cancelled acquire. Should its script still be on its way, it must
