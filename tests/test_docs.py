@@ -605,17 +605,14 @@ def test_configuration_lists_every_command_line_option(
 
 
 def test_configuration_names_the_redis_keys_the_code_uses() -> None:
-    source = (ROOT / "market_chat_async" / "_redis.py").read_text(encoding="utf-8")
-    docstring = ast.get_docstring(ast.parse(source)) or ""
-    in_code = set(re.findall(r"^``(\w+)``\s", docstring, re.M))
-    (keys_tuple,) = re.findall(r"for n in \(([^)]*)\)", source)
-    assert in_code == set(re.findall(r'"(\w+)"', keys_tuple))
-    prefix = re.search(r'^_PREFIX = "([^"]+)"', source, re.M)
-    assert prefix is not None
+    from market_chat_async._limits import _redis, _redis_scripts
+
+    in_code = set(_redis_scripts.CABINET_KEYS) | set(_redis_scripts.RESOURCE_KEYS)
+    assert set(re.findall(r"^``(\w+)``\s", _redis.__doc__ or "", re.M)) == in_code
     sections = _sections(DOCS / "configuration.md")
     (title,) = [t for t in sections if t.startswith("Redis keys")]
     assert _documented_names(sections[title]) == in_code
-    assert f"{prefix[1]}:" in sections[title]
+    assert f"{_redis._PREFIX}:{{" in sections[title]
 
 
 def test_configuration_names_the_environment_variable() -> None:
