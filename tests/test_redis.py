@@ -11,6 +11,7 @@ import asyncio
 import json
 import logging
 import sys
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -251,6 +252,30 @@ async def test_a_killed_workers_slots_come_back_within_seconds(
     assert state.remaining <= 30 - 4 - 4
     for lease in leases:
         await lease.release(NO_HEADERS)
+
+
+async def test_a_stalled_workers_slot_goes_to_others_and_its_late_answer_counts_a_period(
+    redis_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.WARNING, logger="market_chat_async")
+    hung = RedisLimiters(redis_url, quotas=QUOTAS, max_parallel=1, namespace="t", lease_ttl=0.4)
+    other = RedisLimiters(redis_url, quotas=QUOTAS, max_parallel=1, namespace="t")
+    await open_the_cabinet(hung)
+    lease = await hung.limiter(1).acquire(MESSAGE)
+    time.sleep(1.0)  # noqa: ASYNC251 - the point: this event loop stalls, renewals cannot run
+    # Its lease lapsed: another process gets the slot; the stalled request's token still counts.
+    taken = await other.limiter(1).acquire(MESSAGE)
+    assert (await other.limiter(1).state(MESSAGE)).remaining <= 30 - 2 - 1
+    await lease.release(NO_HEADERS)  # the answer came only now: its period starts now
+    redis = aioredis.Redis.from_url(redis_url)
+    returns = await redis.zscore("market-chat-async:{t|1}:getChatMessage:tokens", lease.id)
+    seconds, micros = await redis.time()
+    await redis.aclose()
+    assert returns is not None
+    assert returns / 1000 - (seconds + micros / 1e6) > 3.0 - 0.5
+    await taken.release(NO_HEADERS)
+    await hung.close()
+    await other.close()
 
 
 async def test_a_short_redis_blip_is_ridden_out(redis_url: str) -> None:
