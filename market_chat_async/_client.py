@@ -7,12 +7,21 @@ import mimetypes
 import os
 import random
 from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterable, Mapping
+from datetime import datetime
 from pathlib import Path
 from types import TracebackType
 from typing import IO, TYPE_CHECKING, Any, Self, TypeVar
 from urllib.parse import urlsplit
 
-from ._bulk import BulkResult, PairSource, ProgressCallback, get_messages, stream_messages
+from ._bulk import (
+    BulkResult,
+    PairSource,
+    ProgressCallback,
+    Strategy,
+    get_messages,
+    iter_all_messages,
+    stream_messages,
+)
 from ._env import API_KEY_ENV, BASE_URL_ENV, DEFAULT_BASE_URL
 from ._errors import MalformedResponseError
 from ._funnel import MAX_REDIRECTS, Funnel, InProcessLimits, Limits, Secret
@@ -339,19 +348,20 @@ class MarketChatClient:
         *,
         progress: ProgressCallback | None = None,
         concurrency: int | None = None,
+        strategy: Strategy = "auto",
     ) -> list[ChatMessage | BaseException]:
         """Fetch many messages of one cabinet; results in input order, errors in place.
 
         Each item is a :class:`ChatMessage`, or the exception for that pair
         (:class:`MarketApiError`, or ``TypeError`` / ``ValueError`` for a bad id). One bad
-        pair never fails the batch. See :meth:`stream_messages`.
+        pair never fails the batch. See :meth:`stream_messages`, also for ``strategy``.
 
         >>> async def main(client: MarketChatClient) -> None:
         ...     results = await client.get_messages(12345, [(67, 89), (67, 90)])
         ...     failed = [r for r in results if isinstance(r, Exception)]
         """
         return await get_messages(
-            self, business_id, pairs, progress=progress, concurrency=concurrency
+            self, business_id, pairs, progress=progress, concurrency=concurrency, strategy=strategy
         )
 
     def stream_messages(
@@ -362,6 +372,7 @@ class MarketChatClient:
         progress: ProgressCallback | None = None,
         concurrency: int | None = None,
         dedupe: bool = True,
+        strategy: Strategy = "auto",
     ) -> AsyncGenerator[BulkResult, None]:
         """Yield a :class:`BulkResult` per distinct pair as each completes, memory bounded.
 
@@ -369,12 +380,54 @@ class MarketChatClient:
         become a million tasks. Duplicated pairs are fetched once (``dedupe=False``: input known
         to have no repeats, memory flat in its length).
 
+        ``strategy``: ``"message"`` fetches each pair with getChatMessage; ``"history"`` reads
+        each chat's wanted ids from getChatHistory pages; ``"auto"`` (default) picks per chat
+        whichever ends the job soonest under both quotas and the cap. Every id the history did
+        not return is fetched alone, so the results are the same for all three.
+
         >>> async def main(client: MarketChatClient) -> None:
         ...     async for item in client.stream_messages(12345, [(67, 89), (67, 90)]):
         ...         print(item.chat_id, item.message_id, item.ok)
         """
         return stream_messages(
-            self, business_id, pairs, progress=progress, concurrency=concurrency, dedupe=dedupe
+            self,
+            business_id,
+            pairs,
+            progress=progress,
+            concurrency=concurrency,
+            dedupe=dedupe,
+            strategy=strategy,
+        )
+
+    def iter_all_messages(
+        self,
+        business_id: int,
+        *,
+        since: datetime | None = None,
+        after: Mapping[int, int] | None = None,
+        types: Iterable[ChatType | str] | None = None,
+        statuses: Iterable[ChatStatus | str] | None = None,
+        context_types: Iterable[ChatContextType | str] | None = None,
+    ) -> AsyncIterator[tuple[Chat, ChatMessage]]:
+        """Every message of the cabinet's chats that pass the filters, as ``(chat, message)``:
+        getChats, then each chat's history, many chats at once; a chat's messages oldest first.
+
+        ``since`` (an aware datetime) skips chats not updated since; ``after`` maps a chat id
+        to the last message id you hold of it, and only newer messages of that chat are read.
+        Streamed: memory does not grow with the number of messages.
+
+        >>> async def main(client: MarketChatClient) -> None:
+        ...     async for chat, message in client.iter_all_messages(12345, after={67: 89}):
+        ...         print(chat.chat_id, message.message_id, message.message)
+        """
+        return iter_all_messages(
+            self,
+            business_id,
+            since=since,
+            after=after,
+            types=types,
+            statuses=statuses,
+            context_types=context_types,
         )
 
     async def quota_state(self, business_id: int, operation: str = "getChatMessage") -> QuotaState:

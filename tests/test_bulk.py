@@ -13,7 +13,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from market_chat_async import ChatMessage, MarketChatClient, NotFoundError, Sender
-from market_chat_async._bulk import BulkResult, Progress, stream_messages, to_api_dict
+from market_chat_async._bulk import BulkResult, Progress, stream_messages
+from market_chat_async._wire import to_api_dict
 from market_chat_async.testing import Fault, MarketTestServer, RunningServer, serve
 
 API_KEY = "test-api-key"  # the test server's
@@ -68,7 +69,7 @@ async def test_results_are_in_input_order_with_errors_in_place(
 ) -> None:
     market.server.not_found.add((BUSINESS, 2, 404))
     pairs: list[Any] = [(1, 5), (2, 404), (0, 1), (1, True), ("x", 1), (1, 6), (3,), (3, 7)]
-    results = await client.get_messages(BUSINESS, pairs)
+    results = await client.get_messages(BUSINESS, pairs, strategy="message")
     assert len(results) == len(pairs)
     assert [r.message_id for r in results if isinstance(r, ChatMessage)] == [5, 6, 7]
     assert isinstance(results[1], NotFoundError)
@@ -83,11 +84,11 @@ async def test_repeated_pairs_are_fetched_once(
     market: RunningServer, client: MarketChatClient
 ) -> None:
     pairs = [(1, 1), (1, 2), (1, 1), (2, 1), (1, 2), (1, 1)]
-    results = await client.get_messages(BUSINESS, pairs)
+    results = await client.get_messages(BUSINESS, pairs, strategy="message")
     assert market.server.stats.requests == 3
     assert results[0] is results[2] is results[5]
     assert results[1] is results[4]
-    streamed = [r async for r in client.stream_messages(BUSINESS, pairs)]
+    streamed = [r async for r in client.stream_messages(BUSINESS, pairs, strategy="message")]
     assert sorted((r.chat_id, r.message_id, r.index) for r in streamed) == [
         (1, 1, 0),
         (1, 2, 1),
@@ -98,7 +99,9 @@ async def test_repeated_pairs_are_fetched_once(
 async def test_dedupe_off_fetches_every_occurrence() -> None:
     fake, client = instant()
     pairs = [(1, 1), (1, 2), (1, 1)]
-    results = [r async for r in stream_messages(client, BUSINESS, pairs, dedupe=False)]
+    results = [
+        r async for r in stream_messages(client, BUSINESS, pairs, dedupe=False, strategy="message")
+    ]
     assert sorted(r.index for r in results) == [0, 1, 2]
     assert fake.calls == 3
 
@@ -140,7 +143,7 @@ async def test_stream_reads_ahead_no_more_than_its_concurrency() -> None:
             yield 1, m
 
     taken = 0
-    async for _ in stream_messages(client, BUSINESS, pairs(), concurrency=3):
+    async for _ in stream_messages(client, BUSINESS, pairs(), concurrency=3, strategy="message"):
         taken += 1
         # 3 being fetched or handed over, 3 queued, the one in hand
         assert read - taken <= 2 * 3 + 1
@@ -153,7 +156,8 @@ async def test_a_huge_stream_never_holds_more_tasks_than_its_concurrency() -> No
     before = len(asyncio.all_tasks())
     most = 0
     pairs = ((m % 7 + 1, m) for m in range(1, 200_001))
-    async for i, _ in _enumerate(stream_messages(client, BUSINESS, pairs, concurrency=8)):
+    stream = stream_messages(client, BUSINESS, pairs, concurrency=8, strategy="message")
+    async for i, _ in _enumerate(stream):
         if i % 64 == 0:
             most = max(most, len(asyncio.all_tasks()) - before)
     assert fake.calls == 200_000
@@ -173,7 +177,9 @@ async def test_cancelling_cancels_what_is_in_flight_and_frees_every_slot(
 ) -> None:
     await client.get_message(BUSINESS, 1, 1)  # the limiter's first probe, answered at once
     market.server.inject(*[Fault.slow(30.0)] * 10)
-    task = asyncio.create_task(client.get_messages(BUSINESS, [(1, m) for m in range(2, 50)]))
+    task = asyncio.create_task(
+        client.get_messages(BUSINESS, [(1, m) for m in range(2, 50)], strategy="message")
+    )
     async with asyncio.timeout(5):  # until every parallel slot is taken
         while True:
             if (await client.quota_state(BUSINESS)).in_flight == client.max_parallel:
@@ -213,7 +219,7 @@ async def test_a_failing_input_ends_the_stream_after_what_is_in_flight() -> None
     got: list[BulkResult] = []
 
     async def consume() -> None:
-        async for item in stream_messages(client, BUSINESS, pairs()):
+        async for item in stream_messages(client, BUSINESS, pairs(), strategy="message"):
             got.append(item)
 
     with pytest.raises(OSError, match="disk gone"):
@@ -226,7 +232,7 @@ async def test_whole_call_errors_raise() -> None:
     with pytest.raises(ValueError, match="business_id"):
         await stream_messages(client, 0, []).__anext__()
     with pytest.raises(ValueError, match="concurrency"):
-        await stream_messages(client, BUSINESS, [], concurrency=0).__anext__()
+        await stream_messages(client, BUSINESS, [], concurrency=0, strategy="message").__anext__()
 
 
 async def test_per_item_errors_keep_the_pair(client: MarketChatClient) -> None:
@@ -260,7 +266,9 @@ def test_every_position_gets_its_own_pairs_result(
     fake, client = instant()
     from market_chat_async._bulk import get_messages
 
-    results = asyncio.run(get_messages(client, BUSINESS, pairs, concurrency=concurrency))
+    results = asyncio.run(
+        get_messages(client, BUSINESS, pairs, concurrency=concurrency, strategy="message")
+    )
     assert len(results) == len(pairs)
     valid = set()
     for (chat, message), result in zip(pairs, results, strict=True):
