@@ -12,6 +12,8 @@ from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple
 
+from market_chat_async._bulk import STRATEGIES, Strategy
+
 from .inputs import pack, read_rows
 from .options import add_business_id, client_from, file_arg, file_or_dash
 from .outputs import (
@@ -73,6 +75,15 @@ def add_parser(commands: Subparsers, shared: SharedOptions) -> argparse.Argument
         help="failures and bad input rows, rewritten by each run (default: OUTPUT.errors.jsonl)",
     )
     parser.add_argument(
+        "--strategy",
+        choices=STRATEGIES,
+        default="auto",
+        help="how the pairs are fetched: 'message' one getChatMessage each; 'history' each "
+        "chat's ids from getChatHistory pages; 'auto' (default) per chat whichever ends the "
+        "job sooner under both quotas. Every id history does not return is fetched alone, so "
+        "the output is the same",
+    )
+    parser.add_argument(
         "--progress-every",
         type=float,
         default=10.0,
@@ -97,6 +108,7 @@ async def run(args: argparse.Namespace, console: Console) -> int:
             errors,
             console,
             every=args.progress_every,
+            strategy=args.strategy,
         )
 
 
@@ -192,9 +204,10 @@ async def fetch(
     console: Console,
     *,
     every: float = 10.0,
+    strategy: Strategy = "auto",
 ) -> int:
     """Fetch every pair of ``source`` (``None``: stdin) not yet in ``output`` (``None``:
-    stdout, with no resume); the exit status."""
+    stdout, with no resume), the ``strategy`` way; the exit status."""
     refuse_overwrites(source, output, errors)
     failures = JsonLines(errors, rewrite=True)
     out = JsonLines(output)
@@ -204,19 +217,34 @@ async def fetch(
             total = len(pending)
             state = await client.quota_state(business_id)
             wait = quota_wait(total, state, client.quota)
+            one_by_one = (
+                f"at {client.quota.limit} requests/{client.quota.period:g} s "
+                f"this takes at least ~{duration(wait)}"
+            )
+            if strategy != "message":
+                chats = len({packed >> 64 for packed in pending})
+                one_by_one = (
+                    f"in {plural(chats, 'chat')}, from chat histories where that is sooner"
+                    + (f" (one by one, {one_by_one})" if wait else "")
+                )
             console.info(
                 f"{plural(total, 'pair')} to fetch"
                 + (f" ({plural(already, 'row')} already in {out.name})" if already else "")
-                + (
-                    f"; at {client.quota.limit} requests/{client.quota.period:g} s "
-                    f"this takes at least ~{duration(wait)}"
-                    if wait
-                    else ""
-                )
+                + (f"; {one_by_one}" if wait or strategy != "message" else "")
                 + ("; writing to stdout, so a rerun cannot resume" if output is None else "")
             )
             return await _fetch_pending(
-                client, business_id, path, name, pending, out, failures, console, every, bad
+                client,
+                business_id,
+                path,
+                name,
+                pending,
+                out,
+                failures,
+                console,
+                every,
+                bad,
+                strategy,
             )
     finally:
         out.close()
@@ -234,6 +262,7 @@ async def _fetch_pending(
     console: Console,
     every: float,
     bad: int,
+    strategy: Strategy,
 ) -> int:
     from market_chat_async import ForbiddenError, UnauthorizedError
 
@@ -248,7 +277,7 @@ async def _fetch_pending(
         len(pending), client, business_id, every=every, quiet=console.quiet, err=console.err
     )
     ticker = asyncio.create_task(meter.run())
-    stream = client.stream_messages(business_id, pairs())
+    stream = client.stream_messages(business_id, pairs(), strategy=strategy)
     refused: MarketApiError | None = None
     resume = "; run the same command again to resume" if out.path is not None else ""
     try:

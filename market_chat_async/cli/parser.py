@@ -16,6 +16,7 @@ from typing import Final
 import market_chat_async.cli.chats as chats
 import market_chat_async.cli.completion as completion
 import market_chat_async.cli.demo as demo
+import market_chat_async.cli.export as export
 import market_chat_async.cli.fetch as fetch
 import market_chat_async.cli.get as get
 import market_chat_async.cli.history as history
@@ -31,6 +32,7 @@ __all__ = ["COMMANDS", "build_parser"]
 COMMANDS: Final[tuple[Command, ...]] = (
     get,
     fetch,
+    export,
     chats,
     history,
     send,
