@@ -186,6 +186,7 @@ class RedisLimiters:
         self._calls = asyncio.Semaphore(max_connections - max_connections // 4)
         self._limiters: dict[int, _RedisLimiter] = {}
         self._background: set[asyncio.Task[Any]] = set()
+        self._retrying: set[asyncio.Task[None]] = set()
         self._renewer: asyncio.Task[None] | None = None
         self._down_until = -math.inf  # loop time; with fallback on, Redis is not asked before
         self._degraded = False
@@ -211,10 +212,19 @@ class RedisLimiters:
             limiter = self._limiters[business_id] = _RedisLimiter(self, business_id)
         return limiter
 
+    async def flush(self) -> None:
+        """Wait until every release on its way has reached Redis (or been given up on)."""
+        while self._background:
+            await asyncio.wait(set(self._background))
+
     async def close(self) -> None:
-        """Let pending releases finish, stop renewing, and close the connection pool if ours."""
-        if self._background:
-            await asyncio.gather(*list(self._background), return_exceptions=True)
+        """Let pending releases finish, stop renewing, and close the connection pool if ours.
+
+        Releases still waiting for Redis to come back are dropped: their leases expire."""
+        await self.flush()
+        for task in list(self._retrying):
+            task.cancel()
+        await asyncio.gather(*self._retrying, return_exceptions=True)
         if self._renewer is not None:
             self._renewer.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -269,6 +279,12 @@ class RedisLimiters:
                     raise
                 return False
         return True
+
+    def retry_later(self, work: Awaitable[None]) -> None:
+        """Keep trying ``work`` (a release Redis refused) until it succeeds or we close."""
+        task = asyncio.ensure_future(work)
+        self._retrying.add(task)
+        task.add_done_callback(self._retrying.discard)
 
     def in_background(self, work: Awaitable[T]) -> asyncio.Task[T]:
         """Run ``work`` to its end even if the caller is cancelled."""
@@ -417,6 +433,7 @@ class _RedisLimiter:
         self.in_flight: set[_RedisLease] = set()
         self._lingering: list[float] = []  # loop times abandoned requests' slots free (a heap)
         self._wakers: set[asyncio.Event] = set()
+        self._releasing: set[asyncio.Task[None]] = set()
 
     @property
     def cap(self) -> int:
@@ -570,9 +587,17 @@ class _RedisLimiter:
             if linger > 0:
                 heapq.heappush(self._lingering, now + linger)
         self.in_flight.discard(lease)
-        self._wake()
-        await self._shielded(self._release_until_done(lease, answer, sent=sent, linger=linger))
-        self._wake()
+        # On its way, not waited for: the caller has its answer, and this process's next
+        # request overlaps the round trip. `state`, `flush` and `close` wait for it.
+        task = self._shared.in_background(
+            self._release_until_done(lease, answer, sent=sent, linger=linger)
+        )
+        self._releasing.add(task)
+        task.add_done_callback(self._released)
+
+    def _released(self, task: asyncio.Task[None]) -> None:
+        self._releasing.discard(task)
+        self._wake()  # a slot, a probe or a bound changed in Redis: this process's heads look
 
     async def _release_until_done(
         self, lease: _RedisLease, answer: Answer | None, *, sent: bool, linger: float
@@ -587,7 +612,7 @@ class _RedisLimiter:
                 exc.message,
                 self._shared.lease_ttl,
             )
-            self._shared.in_background(self._release_later(lease, answer, sent=sent))
+            self._shared.retry_later(self._release_later(lease, answer, sent=sent))
 
     async def _release_later(
         self, lease: _RedisLease, answer: Answer | None, *, sent: bool
@@ -660,6 +685,8 @@ class _RedisLimiter:
         shared = self._shared
         if shared.resting():
             return await shared.local(self.business_id).state(resource)
+        if self._releasing:  # this process's releases first: it reads what it wrote
+            await asyncio.wait(set(self._releasing))
         try:
             in_flight, _taken, used, budget, left, reported, frees = await shared.run(
                 STATE, res.state_keys, [res.hold_ms]
