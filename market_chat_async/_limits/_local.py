@@ -44,9 +44,7 @@ class _LocalLease:
         self._limiter._observe(self, answer)
 
     async def release(self, answer: Answer | None = None, *, sent: bool = True) -> None:
-        if answer is not None:
-            self._limiter._observe(self, answer)
-        self._limiter._release(self, sent=sent)
+        self._limiter._release(self, answer, sent=sent)
 
 
 class _Waiter:
@@ -129,7 +127,7 @@ class CabinetLimiter:
                 lease = waiter.lease
             if lease is not None:
                 # Granted in the same loop iteration as the cancellation: nothing was sent.
-                self._release(lease, sent=False)
+                self._release(lease, None, sent=False)
             else:
                 with self._lock:
                     self._wake(_now())
@@ -168,21 +166,26 @@ class CabinetLimiter:
 
     def _observe(self, lease: _LocalLease, answer: Answer) -> None:
         with self._lock:
-            if lease.released or lease.answered:
-                return
             now = _now()
-            lease.answered = True
-            self._latency.record(now - lease.granted_at)
-            self._cap.answered(refused=answer.parallel_refused, in_flight=len(self._in_flight))
-            self._ledgers[lease.resource].observe(now, answer, overlap=lease.overlap)
+            self._take_answer(lease, answer, now)
             self._wake(now)
 
-    def _release(self, lease: _LocalLease, *, sent: bool) -> None:
+    def _take_answer(self, lease: _LocalLease, answer: Answer, now: float) -> None:
+        if lease.released or lease.answered:
+            return
+        lease.answered = True
+        self._latency.record(now - lease.granted_at)
+        self._cap.answered(refused=answer.parallel_refused, in_flight=len(self._in_flight))
+        self._ledgers[lease.resource].observe(now, answer, overlap=lease.overlap)
+
+    def _release(self, lease: _LocalLease, answer: Answer | None = None, *, sent: bool) -> None:
         with self._lock:
             if lease.released:
                 return
-            lease.released = True
             now = _now()
+            if answer is not None:
+                self._take_answer(lease, answer, now)
+            lease.released = True
             self._in_flight.discard(lease)
             self._ledgers[lease.resource].finish(now, sent=sent)
             if sent and not lease.answered:
@@ -235,7 +238,7 @@ class CabinetLimiter:
         except RuntimeError:  # its loop is closed: nobody will send this request
             waiter.abandoned = True
             assert waiter.lease is not None
-            self._release(waiter.lease, sent=False)
+            self._release(waiter.lease, None, sent=False)
 
     def _arm_timers(self, now: float) -> None:
         """Wake waiters blocked on time, on each of their loops, at the next change."""

@@ -223,8 +223,12 @@ def answer_for(status: int, headers: Mapping[str, str], error: MarketApiError | 
     refused = isinstance(error, RateLimitError) and error.reason == "parallel"
     if isinstance(error, RateLimitError) and not refused and remaining is None:
         remaining = 0  # spent, says the status, even without the headers
-    info = RateLimitInfo(None, remaining, until, headers.get("date")) if until else None
-    return Answer(remaining, info.resets_in if info else None, parallel_refused=refused)
+    resets_in = None
+    if until:
+        date = headers.get("date")
+        # Without a Date the answer is measured from the local clock: never from the cache.
+        resets_in = (_seconds_between if date else _seconds_between.__wrapped__)(date, until)
+    return Answer(remaining, resets_in, parallel_refused=refused)
 
 
 def _result(status: int, headers: Mapping[str, str], body: bytes) -> Any:
