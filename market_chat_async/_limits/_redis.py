@@ -83,8 +83,10 @@ LEASE_TTL = 4.0  # seconds a slot outlives the last renewal of its lease (a kill
 RENEW_AFTER = 3 / 8
 BLIP = 1.5  # seconds a failing Redis call is retried before the limiter fails closed
 RETRY_REDIS = 5.0  # with fallback on: seconds on the in-process store before asking Redis again
-TICKET_STALE = 3.0  # a waiting ticket not asked about for this long is dropped (its waiter died)
-WAIT_MAX = 1.0  # a waiter asks again at least this often (its ticket stays fresh)
+# A waiting ticket not back this long after the wait it was given is dropped (its waiter died).
+TICKET_STALE = 3.0
+WAIT_MAX = 1.0  # while a request ending could help, a waiter asks again at least this often
+WAIT_LONGEST = 30.0  # the longest a waiter sleeps before asking again
 WAIT_MIN = 0.001
 WAIT_FLIGHT = 0.005  # the least wait for a slot or a probe elsewhere to end
 BLOCK_MAX = 0.3  # the longest block on a `wake` list (under the 0.5 s socket timeout)
@@ -266,19 +268,19 @@ class RedisLimiters:
                 logger.warning("Redis at %s answers again; back to the shared limiter", self.url)
             return reply
 
-    async def blocked_wait(self, key: str, seconds: float) -> bool:
-        """Block on the ``wake`` list ``key`` for up to ``seconds``; ``False`` if no
-        connection was to spare for it (or Redis failed), so the caller sleeps instead."""
+    async def blocked_wait(self, key: str, seconds: float) -> int | None:
+        """Block on the ``wake`` list ``key`` for up to ``seconds``: the item that came (0:
+        none); ``None`` if no connection was to spare for it (or Redis failed): sleep instead."""
         if self._blocking.locked():
-            return False
+            return None
         async with self._blocking:
             try:
-                await self._redis.blpop([key], timeout=seconds)
+                popped = await self._redis.blpop([key], timeout=seconds)
+                return 0 if popped is None else int(popped[1])
             except Exception as exc:
                 if not _retryable(exc):
                     raise
-                return False
-        return True
+                return None
 
     def retry_later(self, work: Awaitable[None]) -> None:
         """Keep trying ``work`` (a release Redis refused) until it succeeds or we close."""
@@ -381,7 +383,7 @@ class _Resource:
         keys = {n: f"{base}{n}" for n in CABINET_KEYS}
         keys.update({n: f"{base}{name}:{n}" for n in RESOURCE_KEYS})
         order = ("leases", "overlap", "void", "tokens", "bound", "local", "pace", "queue", "seen")
-        self.acquire_keys = [keys[n] for n in order]
+        self.acquire_keys = [keys[n] for n in order] + [keys["wake"]]
         self.release_keys = [keys[n] for n in order if n != "pace"] + [keys["wake"]]
         self.wake_key = keys["wake"]
         self.state_keys = [keys[n] for n in ("leases", "overlap", "tokens", "bound")]
@@ -399,6 +401,9 @@ class _Resource:
             _ms(interval) if quota.burst is not None else 0,
             _ms(interval * (quota.burst - 1)) if quota.burst is not None else 0,
             _ms(TICKET_STALE),
+            "",  # the next waiter's ticket: filled in per call
+            _ms(WAIT_LONGEST),
+            0,  # the item of `wake` that woke the waiter: filled in per call
         ]
         self.head = asyncio.Lock()  # FIFO: only its holder asks Redis
         self.waiting = 0  # acquire() calls of this resource under way in this process
@@ -524,6 +529,7 @@ class _RedisLimiter:
         shared = self._shared
         loop = asyncio.get_running_loop()
         backoff = 1.0  # grows while only the end of a request elsewhere can help
+        woken = 0  # the item of the `wake` list that ended the last wait (0: none)
         while True:
             event.clear()
             if first_wait is not None:  # queued by the last grant, which said how long to wait
@@ -532,14 +538,17 @@ class _RedisLimiter:
             else:
                 room = self._local_room(loop.time())
                 if room > 0:  # this process's own cap is full: only its own releases help
+                    woken = 0
                     await self._sleep(event, min(room, WAIT_MAX))
                     continue
                 args = list(res.acquire_args)
                 args[6] = max(1, _ms(self._latency.slowest()))
                 # With others waiting behind, the grant queues the next one's ticket too.
                 following = uuid.uuid4().hex if res.waiting > 1 else ""
+                args[10] = following
+                args[12] = woken
                 granted, wait_ms, flight = await shared.run(
-                    ACQUIRE, res.acquire_keys, [lease.id, *args, following]
+                    ACQUIRE, res.acquire_keys, [lease.id, *args]
                 )
                 if granted == 1:
                     lease.granted_at = lease.renewed_at = loop.time()
@@ -557,10 +566,13 @@ class _RedisLimiter:
                 # that, ask again after the hint, less often the longer it takes.
                 pause = min(max(int(wait_ms) / 1000, WAIT_FLIGHT) * backoff, WAIT_MAX)
                 backoff *= 1.5
-                if not await shared.blocked_wait(res.wake_key, BLOCK_MAX):
+                item = await shared.blocked_wait(res.wake_key, BLOCK_MAX)
+                woken = item or 0
+                if item is None:
                     await self._sleep(event, pause)
             else:  # only time helps: a token returning, a bound lapsing, pacing
-                await asyncio.sleep(min(max(int(wait_ms) / 1000, WAIT_MIN), WAIT_MAX))
+                woken = 0
+                await asyncio.sleep(min(max(int(wait_ms) / 1000, WAIT_MIN), WAIT_LONGEST))
 
     async def _shielded(self, work: Awaitable[Any]) -> None:
         task = self._shared.in_background(work)

@@ -44,14 +44,17 @@ local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 """
 
-# KEYS: leases overlap void tokens bound local pace queue seen
+# KEYS: leases overlap void tokens bound local pace queue seen wake
 # ARGV: 1 ticket (the lease id, chosen by the client), 2 limit, 3 max_parallel,
 #       4 period + margin, 5 lease ttl, 6 token hold while in flight (at least the ttl: the
 #       longest exchange), 7 key ttl, 8 ms a request is expected to take at most (the slowest
 #       recent answer this process saw: for the wait hint), 9 pace interval
-#       (0: no pacing), 10 pace tolerance, 11 ms after which an unseen ticket is dropped,
-#       12 the ticket of the next waiter in this process ('': none), queued if this one is
-#       granted (the reply's wait and flight are then its).
+#       (0: no pacing), 10 pace tolerance, 11 ms a ticket may be late back before it is
+#       dropped (its waiter died), 12 the ticket of the next waiter in this process ('':
+#       none), queued if this one is granted (the reply's wait and flight are then its),
+#       13 the longest wait a waiter sleeps before asking again, 14 the item of `wake` that
+#       woke the waiter ('0': none): how many waiters it has woken, passed on (up to 3) if
+#       others may start and this one may not.
 # Returns {1, ms, flight} granted (ms and flight: the next ticket's, as below); {0, ms, flight}:
 # wait about that long and ask again (blocked on `wake` when flight is 1: a request ending
 # helps); {-1, 0, 0} void (the ticket was given back before this ran).
@@ -59,12 +62,12 @@ ACQUIRE = Script(
     "acquire",
     _NOW
     + """
-local leases, overlap, void, tokens, bound, local_key, pace, queue, seen = unpack(KEYS)
+local leases, overlap, void, tokens, bound, local_key, pace, queue, seen, wake = unpack(KEYS)
 local ticket, limit, max_parallel = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3])
 local hold, ttl, in_flight_hold = tonumber(ARGV[4]), tonumber(ARGV[5]), tonumber(ARGV[6])
 local key_ttl, expected = tonumber(ARGV[7]), tonumber(ARGV[8])
 local interval, tolerance, stale = tonumber(ARGV[9]), tonumber(ARGV[10]), tonumber(ARGV[11])
-local next_ticket = ARGV[12]
+local next_ticket, longest, woken = ARGV[12], tonumber(ARGV[13]), tonumber(ARGV[14])
 
 -- A reply lost on the way back and the call retried: it was granted already.
 if redis.call('HEXISTS', overlap, ticket) == 1 then return {1, 0, 0} end
@@ -81,9 +84,10 @@ redis.call('ZREMRANGEBYSCORE', tokens, '-inf', now)
 -- First come, first served: this ticket's place among the waiters that are still asking.
 local queued = redis.call('ZCARD', queue) > 0
 if queued then
-  local stale_ids = redis.call('ZRANGEBYSCORE', seen, '-inf', now - stale)
+  -- `seen`: by when each waiter is due back (the wait it was given, and some grace).
+  local stale_ids = redis.call('ZRANGEBYSCORE', seen, '-inf', now)
   for _, id in ipairs(stale_ids) do redis.call('ZREM', queue, id) end
-  redis.call('ZREMRANGEBYSCORE', seen, '-inf', now - stale)
+  redis.call('ZREMRANGEBYSCORE', seen, '-inf', now)
 end
 
 -- Where `id` stands in the queue: {may it start now, else ms to wait, whether a request
@@ -92,9 +96,7 @@ local function evaluate(id, enqueue)
   local rank = 0
   if enqueue then  -- (with nobody waiting, it is first: it queues only if it must wait)
     redis.call('ZADD', queue, 'NX', now, id)
-    redis.call('ZADD', seen, now, id)
-    redis.call('PEXPIRE', queue, 2 * stale)
-    redis.call('PEXPIRE', seen, 2 * stale)
+    redis.call('PEXPIRE', queue, longest + 2 * stale)
     rank = redis.call('ZRANK', queue, id)
   end
 
@@ -163,12 +165,26 @@ local function evaluate(id, enqueue)
   else
     wait = math.max(1, math.ceil(flight_wait))
   end
-  return {rank < fits, wait, flight, bounded and true or false, tat}
+  if enqueue then
+    redis.call('ZADD', seen, now + math.min(wait, longest) + stale, id)
+    redis.call('PEXPIRE', seen, longest + 2 * stale)
+  end
+  return {rank < fits, wait, flight, bounded and true or false, tat, fits}
 end
 
-local ok, wait, flight, bounded, tat = unpack(evaluate(ticket, queued))
+-- A waiter woken from `wake` that may not start while others may (they are older): pass the
+-- wake-up on to them.
+local function pass_on(fits)
+  if woken > 0 and woken < 3 and fits > 0 and fits < math.huge then
+    redis.call('LPUSH', wake, woken + 1)
+    redis.call('LTRIM', wake, 0, 3)
+  end
+end
+
+local ok, wait, flight, bounded, tat, fits = unpack(evaluate(ticket, queued))
 if not ok then
   if not queued then evaluate(ticket, true) end
+  pass_on(fits)
   return {0, wait, flight}
 end
 
@@ -186,7 +202,8 @@ if interval > 0 then redis.call('SET', pace, tat + interval, 'PX', tat + interva
 for _, key in ipairs({leases, overlap, tokens}) do redis.call('PEXPIRE', key, key_ttl) end
 -- The next waiter of the same process takes its place in the queue now, and learns its wait.
 if next_ticket ~= '' then
-  local _, next_wait, next_flight = unpack(evaluate(next_ticket, true))
+  local next_ok, next_wait, next_flight, _, _, next_fits = unpack(evaluate(next_ticket, true))
+  if not next_ok then pass_on(next_fits) end
   return {1, next_wait, next_flight}
 end
 return {1, 0, 0}
