@@ -30,7 +30,19 @@ from ._errors import (
     ServerError,
 )
 
-__all__ = ["Decision", "RetryPolicy", "decide", "retry_delay"]
+__all__ = ["Decision", "RetryPolicy", "backoff_ceiling", "decide", "retry_delay"]
+
+
+def backoff_ceiling(initial: float, most: float, attempt: int) -> float:
+    """The one exponential backoff rule: ``min(most, initial * 2**(attempt - 1))``.
+
+    Callers draw their jitter below it (the client's retries: full jitter; the notification
+    receiver's handler retries: the upper half).
+
+    >>> [backoff_ceiling(0.5, 8.0, n) for n in (1, 2, 3, 10)]
+    [0.5, 1.0, 2.0, 8.0]
+    """
+    return min(most, initial * 2.0 ** min(attempt - 1, 60))
 
 
 @attrs.frozen
@@ -78,8 +90,7 @@ def retry_delay(
         return None
     if attempt > policy.max_retries:
         return None
-    ceiling = min(policy.backoff_max, policy.backoff_initial * 2 ** (attempt - 1))
-    return rng.uniform(0, ceiling)
+    return rng.uniform(0, backoff_ceiling(policy.backoff_initial, policy.backoff_max, attempt))
 
 
 @attrs.frozen

@@ -10,13 +10,13 @@ import csv
 import json
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Final, NamedTuple, TextIO
+from typing import Any, NamedTuple, TextIO
+
+from market_chat_async._protocol import INT64_MAX
 
 from .status import UsageError
 
 __all__ = ["INT64_MAX", "Row", "input_format", "pack", "parse_id", "read_rows"]
-
-INT64_MAX: Final = 2**63 - 1
 
 
 def parse_id(name: str, value: object) -> int:

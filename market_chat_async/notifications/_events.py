@@ -18,6 +18,7 @@ from typing import Any, ClassVar, TypeVar
 import attrs
 
 from market_chat_async._protocol import validate_id
+from market_chat_async._wire import parse_api_datetime
 
 logger = logging.getLogger("market_chat_async.notifications")
 
@@ -240,12 +241,11 @@ def _date_time(name: str, value: object) -> datetime:
     if not isinstance(value, str):
         raise TypeError(f"{name} must be an ISO 8601 date-time string, not {_json_type(value)}")
     try:
-        parsed = datetime.fromisoformat(value)
-    except (ValueError, OverflowError):
+        return parse_api_datetime(value)  # the API's one date rule
+    except (ValueError, OverflowError) as exc:
+        if "offset" in str(exc):
+            raise ValueError(f"{name} has no UTC offset: {value[:40]!r}") from None
         raise ValueError(f"{name} is not an ISO 8601 date-time: {value[:40]!r}") from None
-    if parsed.tzinfo is None or parsed.utcoffset() is None:
-        raise ValueError(f"{name} has no UTC offset: {value[:40]!r}")
-    return parsed
 
 
 def dedup_key(notification: AnyNotification) -> Hashable | None:

@@ -18,6 +18,7 @@ from market_chat_async._errors import (
     RateLimitError,
     UnauthorizedError,
 )
+from market_chat_async._retry import backoff_ceiling
 
 _DAY = 24 * 3600.0
 
@@ -86,7 +87,7 @@ def retry_delay(
     left = policy.give_up_after - age
     if left <= 0:
         return None
-    ceiling = min(policy.backoff_max, policy.backoff_initial * 2.0 ** min(attempt - 1, 60))
+    ceiling = backoff_ceiling(policy.backoff_initial, policy.backoff_max, attempt)
     delay = ceiling / 2 + rng.uniform(0, ceiling / 2)
     if isinstance(error, RateLimitError) and error.retry_after:
         delay = max(delay, error.retry_after)
