@@ -12,7 +12,10 @@ that takes in the server's answer and gives the slot back. Within a process only
 waiter of a cabinet's resource asks Redis; the script puts its ticket in a per-resource queue
 (first come, first served across processes: it grants only to the oldest tickets that fit) and
 says how long until the slot, token, bound or pacing its place in the queue waits for can
-lift. A release in this process wakes its waiters at once.
+lift; a grant queues the next local waiter's ticket in the same call. A waiter that needs a
+slot blocks on the cabinet's ``wake`` list, to which every release pushes (a waiter woken out
+of turn passes it on). A release is sent without the caller waiting for the reply (it has its
+answer); :meth:`_RedisLimiter.state`, :meth:`RedisLimiters.flush` and ``close`` wait for it.
 
 Leases. An in-flight slot is a lease that expires :data:`LEASE_TTL` seconds after it was last
 renewed; a background task renews the leases of this process's requests while they are in
@@ -47,7 +50,7 @@ key         of       holds (zset scores and times in ms of the Redis clock)
 ``local``   resource ``1`` while the server says nothing the tokens do not
 ``pace``    resource with ``Quota(burst=N)``: the GCRA theoretical arrival time
 ``queue``   resource zset: waiting ticket -> when it arrived
-``seen``    resource zset: waiting ticket -> when its waiter last asked
+``seen``    resource zset: waiting ticket -> by when its waiter must ask again
 =========== ======== ===================================================================
 """
 
