@@ -83,16 +83,18 @@ async def export_messages(
         maxsize=concurrency
     )
 
+    # No `finally` puts below: a cancelled task must not wait for room in a queue nobody
+    # reads any more.
     async def lister() -> None:
         try:
             async for chat in chats:
                 if wanted(chat):
                     await queue.put(chat)
         except Exception as exc:
-            await out.put(exc)
-        finally:
-            for _ in range(concurrency):
-                await queue.put(None)
+            await out.put(exc)  # the consumer raises it and cancels the readers
+            return
+        for _ in range(concurrency):
+            await queue.put(None)
 
     async def reader() -> None:
         try:
@@ -111,8 +113,8 @@ async def export_messages(
                 await out.put((chat, None))
         except Exception as exc:
             await out.put(exc)
-        finally:
-            await out.put(_DONE)
+            return
+        await out.put(_DONE)
 
     tasks = [asyncio.create_task(lister())]
     tasks += [asyncio.create_task(reader()) for _ in range(concurrency)]
