@@ -8,6 +8,8 @@ Run by ``nox -s bench`` after the benchmarks (``python benchmarks/plots.py``). W
   (``overhead.json``);
 * ``docs/assets/bulk_memory.png``: peak memory of streaming bulk fetches against ``gather``,
   versus the number of pairs (``bulk.json``; skipped with a message while it does not exist);
+* ``docs/assets/export.png``: messages fetched over simulated time by each strategy, for known
+  pairs and for the whole cabinet (``export.json``);
 * ``docs/_snippets/benchmarks.md``: the key numbers as Markdown, one section per results file,
   each naming the machine and the date, for the docs' benchmarks page to include.
 
@@ -29,7 +31,7 @@ ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "benchmarks" / "results"
 ASSETS = ROOT / "docs" / "assets"
 SNIPPET = ROOT / "docs" / "_snippets" / "benchmarks.md"
-NAMES = ("limiter", "overhead", "acquire", "bulk", "redis")
+NAMES = ("limiter", "overhead", "acquire", "bulk", "redis", "export")
 
 Results = dict[str, dict[str, Any]]
 
@@ -177,6 +179,73 @@ def _redis_numbers(d: dict[str, Any]) -> list[str]:
     ]
 
 
+def _export_numbers(d: dict[str, Any]) -> list[str]:
+    known, whole, inc = d["known_pairs"], d["whole_cabinet"], d["incremental"]
+    export, slow = whole["export"], whole["one_by_one"]
+
+    def requests(run: dict[str, Any]) -> str:
+        return ", ".join(f"{n:,} {op}" for op, n in sorted(run["requests"].items()))
+
+    def row(label: str, run: dict[str, Any]) -> str:
+        return (
+            f"| {label} | {_duration(run['seconds'])} | {requests(run)} "
+            f"| {run['quota_420'] + run['parallel_420']} |"
+        )
+
+    peaks = d["memory"]["peak_bytes_by_messages"]
+    return [
+        f"{d['server']}; {d['corpus']}.",
+        "",
+        f"Every message of {known['chats']} random chats ({known['message']['pairs']:,} known "
+        "pairs, shuffled):",
+        "",
+        "| strategy | simulated time | requests | 420s |",
+        "| --- | --- | --- | --- |",
+        row('`"message"`', known["message"]),
+        row('`"history"`', known["history"]),
+        row('`"auto"`', known["auto"]),
+        "",
+        f'`"auto"` is {known["auto_speedup"]:,g} times faster than `"message"`.',
+        "",
+        f"The whole cabinet ({whole['export']['messages']:,} messages):",
+        "",
+        "| | simulated time | requests | 420s |",
+        "| --- | --- | --- | --- |",
+        row("`iter_all_messages`", export),
+        row("every message one by one (ids known)", slow),
+        "",
+        f"The export made {export['requests_total']:,} requests, "
+        f"x{export['requests_over_least']:g} "
+        f"the least possible ({export['least_requests']:,}: the getChats pages and ceil(n / 100) "
+        f"history pages per chat), in x{export['seconds_over_least']:g} the time those take at "
+        f"4 in flight ({_duration(export['least_seconds'])}); {whole['speedup']:,g} times "
+        "faster than one by one.",
+        "",
+        f"Rerun after {inc['changed_chats']} chats (1 %) got a new message "
+        f"(`since=`, `after=`): {inc['requests_total']} requests "
+        f"(x{inc['requests_over_least']:g} the least, {inc['least_requests']}), "
+        f"{_duration(inc['seconds'])}.",
+        "",
+        "| messages exported | peak memory above baseline |",
+        "| --- | --- |",
+        *[
+            f"| {int(n):,} | {b / 1e6:.2f} MB |"
+            for n, b in sorted(peaks.items(), key=lambda x: int(x[0]))
+        ],
+        "",
+        f"{d['memory']['server'].capitalize()}: {d['memory']['bytes_per_message_slope']:g} bytes "
+        "per message (slope), flat.",
+    ]
+
+
+def _duration(seconds: float) -> str:
+    if seconds >= 3600:
+        return f"{seconds / 3600:.1f} h"
+    if seconds >= 60:
+        return f"{seconds / 60:.1f} min"
+    return f"{seconds:.1f} s"
+
+
 def _dedup_sentence(d: dict[str, Any] | None) -> list[str]:
     """The bulk page's sentence on what remembering the fetched pairs costs."""
     if d is None:
@@ -198,6 +267,7 @@ _NUMBERS: dict[str, Callable[[dict[str, Any]], list[str]]] = {
     "acquire": _acquire_numbers,
     "bulk": _bulk_numbers,
     "redis": _redis_numbers,
+    "export": _export_numbers,
 }
 
 
@@ -355,10 +425,60 @@ def bulk_memory_plot(d: dict[str, Any]) -> Path:
     return _save(fig, d, "bulk_memory.png")
 
 
+def export_plot(d: dict[str, Any]) -> Path:
+    """Messages fetched over simulated time: known pairs by strategy; the whole cabinet."""
+    fig, axes = _figure(11, 4.6, ncols=2)
+    left, right = axes[0]
+    known, whole = d["known_pairs"], d["whole_cabinet"]
+    styles = {
+        "message": {"color": "tab:red", "label": '"message" (getChatMessage each)'},
+        "history": {"color": "tab:green", "linestyle": "--", "label": '"history"'},
+        "auto": {"color": "tab:blue", "linewidth": 3, "alpha": 0.6, "label": '"auto"'},
+    }
+    for strategy, style in styles.items():
+        run = known[strategy]
+        t, n = zip(*run["timeline"], strict=True)
+        left.plot(t, n, **style)
+        left.annotate(
+            _duration(run["seconds"]),
+            (t[-1], n[-1]),
+            textcoords="offset points",
+            xytext=(-5, -14 if strategy != "history" else 6),
+            ha="right",
+            fontsize=8,
+        )
+    left.set_title(
+        f"Known pairs: every message of {known['chats']} chats ({known['message']['pairs']:,})",
+        fontsize=10,
+    )
+    for key, color, label in (
+        ("one_by_one", "tab:red", "every message one by one"),
+        ("export", "tab:blue", "iter_all_messages"),
+    ):
+        run = whole[key]
+        t, n = zip(*run["timeline"], strict=True)
+        right.plot(t, n, color=color, label=f"{label}: {_duration(run['seconds'])}")
+    right.set_title(f"Whole cabinet ({whole['export']['messages']:,} messages)", fontsize=10)
+    for ax in (left, right):
+        ax.set_xscale("symlog", linthresh=1.0)
+        ax.set_xlabel("simulated seconds (log scale past 1 s)")
+        ax.set_ylabel("messages fetched")
+        ax.set_ylim(bottom=0)
+        ax.grid(alpha=0.3)
+        ax.legend(loc="upper left", fontsize=8)
+    fig.suptitle(
+        "Messages fetched over simulated time, documented quotas, 4 in flight, "
+        f"{d['latency_s'] * 1000:g} ms per request",
+        fontsize=11,
+    )
+    return _save(fig, d, "export.png")
+
+
 _PLOTS: dict[str, Callable[[dict[str, Any]], Path]] = {
     "limiter": limiter_plot,
     "overhead": overhead_plot,
     "bulk": bulk_memory_plot,
+    "export": export_plot,
 }
 
 
