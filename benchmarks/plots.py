@@ -193,8 +193,10 @@ def _export_numbers(d: dict[str, Any]) -> list[str]:
         )
 
     peaks = d["memory"]["peak_bytes_by_messages"]
+    least_key, most_key = min(peaks, key=int), max(peaks, key=int)
+    least, most = int(least_key), int(most_key)
     return [
-        f"{d['server']}; {d['corpus']}.",
+        f"{d['server'][:1].upper()}{d['server'][1:]}; {d['corpus']}.",
         "",
         f"Every message of {known['chats']} random chats ({known['message']['pairs']:,} known "
         "pairs, shuffled):",
@@ -234,7 +236,8 @@ def _export_numbers(d: dict[str, Any]) -> list[str]:
         ],
         "",
         f"{d['memory']['server'].capitalize()}: {d['memory']['bytes_per_message_slope']:g} bytes "
-        "per message (slope), flat.",
+        f"per message (slope): {most / least:.1f} times the messages, "
+        f"{peaks[most_key] / peaks[least_key]:.2f} times the peak; nothing is collected.",
     ]
 
 
@@ -430,7 +433,7 @@ def export_plot(d: dict[str, Any]) -> Path:
     fig, axes = _figure(11, 4.6, ncols=2)
     left, right = axes[0]
     known, whole = d["known_pairs"], d["whole_cabinet"]
-    styles = {
+    styles: dict[str, dict[str, Any]] = {
         "message": {"color": "tab:red", "label": '"message" (getChatMessage each)'},
         "history": {"color": "tab:green", "linestyle": "--", "label": '"history"'},
         "auto": {"color": "tab:blue", "linewidth": 3, "alpha": 0.6, "label": '"auto"'},
@@ -438,15 +441,10 @@ def export_plot(d: dict[str, Any]) -> Path:
     for strategy, style in styles.items():
         run = known[strategy]
         t, n = zip(*run["timeline"], strict=True)
-        left.plot(t, n, **style)
-        left.annotate(
-            _duration(run["seconds"]),
-            (t[-1], n[-1]),
-            textcoords="offset points",
-            xytext=(-5, -14 if strategy != "history" else 6),
-            ha="right",
-            fontsize=8,
+        label = (
+            f"{style.pop('label')}: {_duration(run['seconds'])}, {run['requests_total']:,} requests"
         )
+        left.plot(t, n, label=label, **style)
     left.set_title(
         f"Known pairs: every message of {known['chats']} chats ({known['message']['pairs']:,})",
         fontsize=10,
