@@ -284,3 +284,18 @@ def test_routing_prefers_single_messages_for_lone_ids_and_history_for_many() -> 
         True,
         True,
     ]
+
+
+async def test_a_sparse_chat_stops_paging_past_its_budget_and_fetches_the_rest_alone(
+    cabinet: RunningServer, client: MarketChatClient
+) -> None:
+    server = cabinet.server
+    long_chat = max(range(1, 1001), key=lambda c: len(server.history(BUSINESS, c)))
+    ids = ids_of(server, long_chat)
+    assert len(ids) > 300
+    wanted = [(long_chat, ids[0]), (long_chat, ids[-1])]  # two ids, hundreds of messages apart
+    results = await client.get_messages(BUSINESS, wanted, strategy="history")
+    assert [r.message_id for r in results if isinstance(r, ChatMessage)] == [ids[0], ids[-1]]
+    used = server.stats.requests_by_operation
+    assert used["getChatHistory"] == 3  # 2 x the one page planned, and one
+    assert used["getChatMessage"] == 1

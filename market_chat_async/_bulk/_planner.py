@@ -8,10 +8,12 @@ each window by chat and routes each chat:
 
 * **history**: pages from the chat's smallest wanted id, ``page_size`` = the id span up to 100
   (a span of ``s`` ids holds at most ``s`` messages, so nothing is fetched twice for a dense
-  chat), stopping at the page that reaches its largest wanted id. A wanted id the history did
-  not return — a gap, a message history skips, or a failed history call (a 404 chat, a 5xx
-  after retries) — is then fetched with getChatMessage, so every pair ends exactly as
-  ``strategy="message"`` would end it: the same message, or the same error.
+  chat), stopping at the page that reaches its largest wanted id, or after twice the pages the
+  plan expected (and one) when the span turns out to hold mostly other messages. A wanted id
+  the history did not return — a gap, a message history skips, an id past the budget, or a
+  failed history call (a 404 chat, a 5xx after retries) — is then fetched with
+  getChatMessage, so every pair ends exactly as ``strategy="message"`` would end it: the same
+  message, or the same error.
 * **message**: one getChatMessage per wanted id.
 
 Routing is a greedy makespan rule (:func:`route`): chats in order of what history saves them,
@@ -202,20 +204,21 @@ async def read_history(
     """Put every wanted message the chat's history returns; the rest, as message jobs."""
     smallest, largest = job.span
     wanted = job.wanted
-    pages = client.iter_history(
-        business_id,
-        job.chat_id,
-        message_id_from=smallest,
-        page_size=page_size_for(smallest, largest),
-    )
+    size = page_size_for(smallest, largest)
+    # The plan counted on the span being mostly wanted ids; a chat where it is mostly other
+    # messages stops after twice the pages expected (and one), the rest one by one.
+    most = size * (2 * history_pages(len(wanted), smallest, largest) + 1)
+    pages = client.iter_history(business_id, job.chat_id, message_id_from=smallest, page_size=size)
+    seen = 0
     try:
         async with contextlib.aclosing(pages):  # type: ignore[type-var]
             async for message in pages:
+                seen += 1
                 indexes = wanted.pop(message.message_id, None)
                 for index in indexes or ():
                     await put(BulkResult(index, job.chat_id, message.message_id, message=message))
-                if message.message_id >= largest or not wanted:
-                    break  # past the last wanted id: no further page
+                if message.message_id >= largest or not wanted or seen >= most:
+                    break  # past the last wanted id, or over budget: no further page
     except Exception:  # each id left is fetched alone, and fails (or not) as it would alone
         logger.debug(
             "history of chat %s failed; fetching its ids one by one", job.chat_id, exc_info=True
