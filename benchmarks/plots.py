@@ -237,7 +237,9 @@ def _export_numbers(d: dict[str, Any]) -> list[str]:
         "",
         f"{d['memory']['server'].capitalize()}: {d['memory']['bytes_per_message_slope']:g} bytes "
         f"per message (slope): {most / least:.1f} times the messages, "
-        f"{peaks[most_key] / peaks[least_key]:.2f} times the peak; nothing is collected.",
+        f"{peaks[most_key] / peaks[least_key]:.2f} times the peak. No message is kept; what "
+        "grows is the limiter's record of the last hour's requests (one float a request, "
+        "bounded by the quota).",
     ]
 
 
