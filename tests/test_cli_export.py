@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import re
 import signal
 import sys
 from collections import Counter
@@ -190,3 +191,29 @@ def test_recovery_trusts_the_output_past_what_the_state_counts(tmp_path: Path) -
     stale = ExportState(BUSINESS, output_bytes=10**6, last={1: 77})  # not this output's state
     recover(output, stale, lambda text: None)
     assert stale.last == {1: 9, 2: 3}
+
+
+async def test_the_eta_counts_the_history_quota_and_a_stop_leaves_a_resumable_state(
+    tmp_path: Path,
+) -> None:
+    server = MarketTestServer(quotas={"getChatHistory": 10}, latency=0.01)
+    server.load(BUSINESS, corpus(seed=4, chats=CHATS))
+    output = tmp_path / "messages.jsonl"
+    async with serve(server) as running:
+        proc = await start(*export_args(running, output, "--progress-every", "0.5"))
+        assert proc.stderr is not None
+        seen = ""
+        async with asyncio.timeout(30):  # the quota is spent at once; the ETA says an hour
+            while "ETA ~60 min" not in seen and "ETA ~1 h" not in seen:
+                line = await proc.stderr.readline()
+                assert line, seen
+                seen += line.decode()
+        assert re.search(r"\d+ chats read of \d+ listed so far, \d+ messages", seen)
+        proc.send_signal(signal.SIGTERM)
+        _, err = await asyncio.wait_for(proc.communicate(), 15)
+        assert proc.returncode == 143
+        assert "run the same command again to resume" in err.decode()
+    state = ExportState.from_json(state_path(output).read_text())
+    assert state.output_bytes == output.stat().st_size
+    assert len(state.complete) <= 10
+    assert {chat_id for chat_id, _ in pairs_in(output)} <= set(state.last)

@@ -20,7 +20,6 @@ import argparse
 import asyncio
 import contextlib
 import json
-import math
 import os
 import stat
 import time
@@ -30,6 +29,7 @@ from typing import TYPE_CHECKING, Any, Final, TextIO
 
 import attrs
 
+from market_chat_async._bulk._planner import Budget
 from market_chat_async._models import ChatContextType, ChatStatus, ChatType
 
 from .inputs import parse_id
@@ -368,19 +368,6 @@ async def export(
     return OK
 
 
-def history_wait(pages: int, remaining: int, frees_in: float, limit: int, period: float) -> float:
-    """The least time the history quota imposes on ``pages`` more requests, in seconds.
-
-    >>> history_wait(100, 50, 0.0, 10_000, 3600.0), history_wait(20_050, 50, 0.0, 10_000, 3600.0)
-    (0.0, 7200.0)
-    """
-    beyond = pages - max(remaining, 0)
-    if beyond <= 0:
-        return 0.0
-    first = frees_in if remaining <= 0 else period
-    return first + (math.ceil(beyond / limit) - 1) * period
-
-
 class ExportMeter:
     """Chats read of those listed, messages written, and an ETA that knows the history quota
     and the cap: a tqdm bar on a terminal (with the ``progress`` extra), otherwise a plain line
@@ -417,7 +404,7 @@ class ExportMeter:
         """The plain progress line."""
         eta = f", ETA ~{duration(self._eta)}" if self._eta is not None else ""
         return (
-            f"market-chat: {self.done}/{self.listed} chats listed so far read, "
+            f"market-chat: {self.done} chats read of {self.listed} listed so far, "
             f"{plural(self.messages, 'message')}{eta}"
         )
 
@@ -437,9 +424,8 @@ class ExportMeter:
                 logger.debug("no quota state for the ETA", exc_info=True)
                 by_quota = 0.0
             else:
-                by_quota = history_wait(
-                    todo, state.remaining, state.frees_in, quota.limit, quota.period
-                )
+                budget = Budget(state.remaining, state.frees_in, quota.limit, quota.period)
+                by_quota = budget.finish(todo)
             self._eta = max(by_quota, by_rate)
             if self._bar is not None:
                 self._bar.total = self.listed
