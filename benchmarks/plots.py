@@ -167,15 +167,22 @@ def _bulk_numbers(d: dict[str, Any]) -> list[str]:
 
 def _redis_numbers(d: dict[str, Any]) -> list[str]:
     return [
-        f"Sequential `get_message` calls against the bundled test server, "
-        f"{d['requests_per_round']:,} per round, median of {d['rounds']} rounds, with a "
-        "`redis-server` on localhost:",
+        f"The Redis store against a `redis-server` on localhost: a request's two script calls "
+        f"(acquire; answer and release together), {d['requests_per_round']:,} per round, "
+        f"median of {d['rounds']} rounds; then a fleet of {d['fleet_processes']} processes on "
+        f"one cabinet for {d['fleet_seconds']:g} s:",
         "",
-        "| limiter | µs per request |",
+        "| | |",
         "| --- | --- |",
-        f"| in-process | {_fmt(d['in_process_us_per_request'])} |",
-        f"| Redis (`redis_url=`) | {_fmt(d['redis_us_per_request'])} (x{d['ratio']:g}) |",
-        f"| added by Redis | {_fmt(d['added_us_per_request'])} |",
+        f"| one bare `EVALSHA` | {_fmt(d['bare_evalsha_us'])} µs |",
+        f"| the limiter, per request | {_fmt(d['us_per_request'])} µs "
+        f"(x{d['ratio_to_bare_evalsha']:g}) |",
+        f"| script calls per accepted request, fleet | "
+        f"{d['fleet_script_calls_per_accepted_request']:g} |",
+        f"| answers refused with 420, fleet | {d['fleet_quota_420'] + d['fleet_parallel_420']} |",
+        f"| quota used, fleet | {d['fleet_quota_use']:.0%} |",
+        f"| a killed worker's slots back after | {_fmt(d['dead_worker_slots_back_s'])} s "
+        f"(leases of {d['lease_ttl_s']:g} s) |",
     ]
 
 

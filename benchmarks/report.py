@@ -80,12 +80,16 @@ def rows() -> list[str]:
             f"{bulk['gather_bytes_per_pair_slope']} B | `bulk.json` |"
         )
     if redis := load("redis"):
-        keys = {k: v for k, v in redis.items() if isinstance(v, (int, float))}
-        ratio = keys.get("ratio")
-        added = keys.get("added_us_per_request")
         out.append(
-            f"| Redis limiter, added latency per request | {added} us "
-            f"| in-process limiter (x{ratio}) | `redis.json`, {stamp(redis)} |"
+            f"| Redis limiter, per request (2 script calls) | {redis['us_per_request']} us "
+            f"| one bare EVALSHA: {redis['bare_evalsha_us']} us "
+            f"(x{redis['ratio_to_bare_evalsha']}) | `redis.json`, {stamp(redis)} |"
+        )
+        out.append(
+            f"| 10-process fleet through Redis: script calls per request, quota used, 420s "
+            f"| {redis['fleet_script_calls_per_accepted_request']}, "
+            f"{redis['fleet_quota_use']:.0%}, "
+            f"{redis['fleet_quota_420'] + redis['fleet_parallel_420']} | | `redis.json` |"
         )
     return out
 

@@ -37,7 +37,9 @@ async def test_quota_validation() -> None:
         Quota(margin=-1)
     with pytest.raises(ValueError, match="max_parallel"):
         one(Quota(), max_parallel=0)
-    assert Quota().effective_margin == 1.0
+    # A clock-rate allowance of period / 100,000 (the token's period starts at the answer).
+    assert Quota().effective_margin == 0.036
+    assert Quota().reset_margin == 1.0  # the whole-second headers
 
 
 async def test_token_returns_a_period_after_the_response_not_after_the_send() -> None:

@@ -451,3 +451,47 @@ async def test_a_fleet_of_ten_processes_shares_one_cabinet_with_few_script_calls
     assert calls / answered <= 3.0, f"{calls} script calls for {answered} answers"
     served = sorted(r["statuses"].get("200", 0) for r in reports)
     assert served[0] >= 1  # nobody starves
+
+
+# -- the client on the Redis store, end to end --------------------------------------------------
+
+
+async def test_clients_on_one_redis_share_each_methods_quota_and_the_cap(redis_url: str) -> None:
+    from market_chat_async import MarketChatClient, Quota
+    from market_chat_async.testing import MarketTestServer, serve
+
+    server = MarketTestServer(
+        quotas={"getChatMessage": 6, "getChatHistory": 6}, period=2.0, latency=0.01
+    )
+    chat = server.add_chat(
+        1,
+        messages=[
+            {"messageId": i, "createdAt": "2026-01-01T00:00:00Z", "sender": "CUSTOMER"}
+            for i in range(1, 6)
+        ],
+    )
+    quotas = {"getChatMessage": Quota(6, 2.0), "getChatHistory": Quota(6, 2.0)}
+    async with serve(server) as running:
+        clients = [
+            MarketChatClient(
+                api_key="test-api-key", base_url=running.url, redis_url=redis_url, quotas=quotas
+            )
+            for _ in range(2)  # two "processes": each its own RedisLimiters
+        ]
+        try:
+
+            async def history(client: MarketChatClient) -> int:
+                return len([m async for m in client.iter_history(1, chat, page_size=1)])
+
+            results = await asyncio.gather(
+                *(client.get_message(1, chat, i) for client in clients for i in range(1, 6)),
+                *(history(client) for client in clients),
+            )
+        finally:
+            for client in clients:
+                await client.close()
+    assert results[-2:] == [5, 5]
+    stats = server.stats
+    assert sum(stats.quota_420_by_operation.values()) == 0
+    assert sum(stats.parallel_420_by_operation.values()) == 0
+    assert max(stats.max_in_flight.values()) <= 4
