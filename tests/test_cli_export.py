@@ -1,5 +1,6 @@
 """``market-chat export`` as a user runs it: a subprocess against the bundled server on a real
-port, killed with SIGKILL mid-run and run again."""
+port, killed with SIGKILL mid-run and run again; and ``fetch --strategy``, the other command
+the planner serves."""
 
 from __future__ import annotations
 
@@ -217,3 +218,43 @@ async def test_the_eta_counts_the_history_quota_and_a_stop_leaves_a_resumable_st
     assert state.output_bytes == output.stat().st_size
     assert len(state.complete) <= 10
     assert {chat_id for chat_id, _ in pairs_in(output)} <= set(state.last)
+
+
+async def test_fetch_writes_the_same_lines_whatever_the_strategy(
+    cabinet: RunningServer, tmp_path: Path
+) -> None:
+    server = cabinet.server
+    source = tmp_path / "ids.csv"
+    rows = [
+        f"{c},{m['messageId']}" for c in range(1, CHATS + 1) for m in server.history(BUSINESS, c)
+    ]
+    rows += ["1,999999", "7,0", "2,1"]  # not a message of chat 1, a bad row, another chat's id
+    source.write_text("chat_id,message_id\n" + "\n".join(rows[::-1]) + "\n")
+    outputs = {}
+    for strategy in ("message", "auto"):
+        output = tmp_path / f"{strategy}.jsonl"
+        proc = await start(
+            "fetch",
+            "--base-url",
+            cabinet.url,
+            "--business-id",
+            str(BUSINESS),
+            "--input",
+            str(source),
+            "--output",
+            str(output),
+            "--strategy",
+            strategy,
+        )
+        _, err = await asyncio.wait_for(proc.communicate(), 60)
+        assert proc.returncode == 1, err.decode()  # the bad row and the unknown ids
+        lines = sorted(output.read_bytes().splitlines())
+        errors = sorted(
+            (e.get("chatId", 0), e.get("messageId", 0), e.get("line", 0), e["error"]["type"])
+            for e in map(
+                json.loads, (tmp_path / f"{strategy}.jsonl.errors.jsonl").read_bytes().splitlines()
+            )
+        )
+        outputs[strategy] = (lines, errors)
+    assert outputs["auto"] == outputs["message"]
+    assert len(outputs["auto"][0]) == len(rows) - 3

@@ -221,14 +221,14 @@ async def fetch(
                 f"at {client.quota.limit} requests/{client.quota.period:g} s "
                 f"this takes at least ~{duration(wait)}"
             )
+            where = ""
             if strategy != "message":
-                chats = len({packed >> 64 for packed in pending})
-                one_by_one = (
-                    f"in {plural(chats, 'chat')}, from chat histories where that is sooner"
-                    + (f" (one by one, {one_by_one})" if wait else "")
+                where = f" in {plural(len({packed >> 64 for packed in pending}), 'chat')}"
+                one_by_one = "reading chat histories where that is sooner" + (
+                    f" (one by one, {one_by_one})" if wait else ""
                 )
             console.info(
-                f"{plural(total, 'pair')} to fetch"
+                f"{plural(total, 'pair')} to fetch{where}"
                 + (f" ({plural(already, 'row')} already in {out.name})" if already else "")
                 + (f"; {one_by_one}" if wait or strategy != "message" else "")
                 + ("; writing to stdout, so a rerun cannot resume" if output is None else "")
