@@ -114,14 +114,25 @@ def import_graph() -> dict[str, set[str]]:
                     target = ".".join([*base, node.module] if node.module else base)
                 else:
                     target = node.module or ""
-                targets.add(target)
+                # "from . import _x" imports the module _x; "from . import X" the package.
+                targets.add(f"{target}:from")
                 targets.update(f"{target}.{alias.name}" for alias in node.names)
             elif isinstance(node, ast.Import):
                 targets.update(alias.name for alias in node.names)
         graph[name] = {t for t in targets if t.startswith("market_chat_async")} - {name}
     modules = set(graph)
-    # "from . import x" names a module or an attribute; keep the modules only.
-    return {name: {t for t in deps if t in modules} for name, deps in graph.items()}
+
+    def resolve(deps: set[str]) -> set[str]:
+        out = {d for d in deps if d in modules}
+        for dep in deps:
+            if dep.endswith(":from"):
+                package = dep.removesuffix(":from")
+                # Names that are not modules are attributes of the package: it is imported.
+                if not any(d.startswith(package + ".") and d in modules for d in deps):
+                    out.add(package)
+        return out
+
+    return {name: resolve(deps) - {name} for name, deps in graph.items()}
 
 
 def _layer(module: str) -> str:

@@ -49,13 +49,13 @@ from ._events import (
     dedup_key,
     parse_notification,
 )
+from ._open import open_queue
 from ._queue import (
     MemoryQueue,
     NotificationQueue,
     QueueEntry,
     QueueError,
     QueueStats,
-    open_queue,
 )
 from ._receiver import NotificationReceiver
 from ._redis import RedisQueue

@@ -28,7 +28,6 @@ import heapq
 import itertools
 from collections.abc import Iterable, Sequence
 from typing import Protocol, runtime_checkable
-from urllib.parse import parse_qs, urlsplit
 
 import attrs
 
@@ -253,69 +252,3 @@ class MemoryQueue:
         for entry_id in chosen:
             del self._dead[entry_id]
         return len(chosen)
-
-
-def open_queue(url: str | NotificationQueue) -> NotificationQueue:
-    """The queue a URL names (a queue object is returned as it is); not opened yet.
-
-    ``memory``; ``sqlite:///relative/path.db`` or ``sqlite:////absolute/path.db``;
-    ``redis://[:password@]host[:port][/db]`` (``rediss://`` for TLS). Query options:
-    ``dedup_window`` (seconds, every backend), ``synchronous`` (``full``, the default, or
-    ``normal``: SQLite), ``visibility_timeout`` and ``name`` (Redis). Anything else is a
-    :class:`ValueError` naming what was expected.
-
-    >>> open_queue("memory")
-    <MemoryQueue 0 pending, 0 dead>
-    >>> open_queue("sqlite:///queue.db")
-    <SqliteQueue 'queue.db'>
-    >>> open_queue("ftp://x")
-    Traceback (most recent call last):
-    ValueError: unknown queue URL 'ftp://x': use memory, sqlite:///file.db or redis://host:port/0
-    """
-    if not isinstance(url, str):
-        if isinstance(url, NotificationQueue):
-            return url
-        raise TypeError(f"queue must be a URL string or a queue object, not {type(url).__name__}")
-    parts = urlsplit(url)
-    options = {name: values[-1] for name, values in parse_qs(parts.query).items()}
-
-    def number(name: str) -> dict[str, float]:
-        if name not in options:
-            return {}
-        try:
-            value = float(options.pop(name))
-        except ValueError:
-            raise ValueError(f"queue URL option {name} must be a number of seconds") from None
-        if value <= 0:
-            raise ValueError(f"queue URL option {name} must be positive")
-        return {name: value}
-
-    if parts.scheme == "memory" or (not parts.scheme and parts.path == "memory"):
-        queue: NotificationQueue = MemoryQueue(
-            dedup_window=number("dedup_window").get("dedup_window", DEFAULT_DEDUP_WINDOW)
-        )
-    elif parts.scheme == "sqlite":
-        from ._sqlite import SqliteQueue
-
-        if parts.netloc or not parts.path.startswith("/") or parts.path == "/":
-            raise ValueError(
-                f"a SQLite queue URL is sqlite:///relative.db or sqlite:////absolute.db, "
-                f"not {url!r}"
-            )
-        synchronous = options.pop("synchronous", "full")
-        queue = SqliteQueue(parts.path[1:], synchronous=synchronous, **number("dedup_window"))
-    elif parts.scheme in ("redis", "rediss", "unix"):
-        from ._redis import RedisQueue
-
-        name = options.pop("name", "default")
-        plain = parts._replace(query="").geturl()
-        queue = RedisQueue(
-            plain, name=name, **number("dedup_window"), **number("visibility_timeout")
-        )
-    else:
-        raise ValueError(
-            f"unknown queue URL {url!r}: use memory, sqlite:///file.db or redis://host:port/0"
-        )
-    if options:
-        raise ValueError(f"unknown queue URL option(s): {', '.join(sorted(options))}")
-    return queue

@@ -40,7 +40,8 @@ from ._events import (
     parse_notification,
     short_error,
 )
-from ._queue import MemoryQueue, NotificationQueue, QueueEntry, QueueError, open_queue
+from ._open import open_queue
+from ._queue import MemoryQueue, NotificationQueue, QueueEntry, QueueError
 from ._retry import is_auth_error, retry_delay
 from ._sources import client_address, in_any
 from ._values import (
