@@ -92,6 +92,10 @@ def fetch_args(market: RunningServer, tmp_path: Path, source: Path, *more: str) 
         str(source),
         "--output",
         str(output),
+        # These tests are about the files, resume and the getChatMessage path; the planner
+        # has tests of its own (test_planner.py, test_cli_export.py).
+        "--strategy",
+        "message",
         *more,
     ]
 

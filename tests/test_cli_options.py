@@ -49,6 +49,7 @@ def test_every_command_and_option_has_help() -> None:
         == {
             "get",
             "fetch",
+            "export",
             "chats",
             "history",
             "send",
