@@ -274,7 +274,13 @@ async def _fetch_pending(
                 yield row.pair
 
     meter = Meter(
-        len(pending), client, business_id, every=every, quiet=console.quiet, err=console.err
+        len(pending),
+        client,
+        business_id,
+        every=every,
+        quiet=console.quiet,
+        err=console.err,
+        quota_bound=strategy == "message",
     )
     ticker = asyncio.create_task(meter.run())
     stream = client.stream_messages(business_id, pairs(), strategy=strategy)

@@ -98,8 +98,12 @@ class Meter:
         every: float,
         quiet: bool,
         err: TextIO,
+        quota_bound: bool = True,
     ) -> None:
         self.total = total
+        # Whether the ETA may take getChatMessage's quota for the bound: not when the planner
+        # reads most messages from history pages, whose quota is ten times larger.
+        self._quota_bound = quota_bound
         self.done = self.failed = 0
         self._client = client
         self._business_id = business_id
@@ -151,13 +155,13 @@ class Meter:
             todo = self.total - self.done
             elapsed = time.monotonic() - self._started
             by_rate = todo * elapsed / self.done if self.done else 0.0
+            by_quota = 0.0
             try:
-                state = await self._client.quota_state(self._business_id)
+                if self._quota_bound:
+                    state = await self._client.quota_state(self._business_id)
+                    by_quota = quota_wait(todo, state, self._client.quota)
             except Exception:  # a shared limiter out of reach: no quota in the ETA this time
                 logger.debug("no quota state for the ETA", exc_info=True)
-                by_quota = 0.0
-            else:
-                by_quota = quota_wait(todo, state, self._client.quota)
             self._eta = max(by_quota, by_rate)
             if self._bar is not None:
                 self._bar.set_postfix_str(self._postfix())
