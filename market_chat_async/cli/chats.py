@@ -6,9 +6,7 @@ import argparse
 from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING, Any
 
-from market_chat_async._models import ChatContextType, ChatStatus, ChatType
-
-from .options import add_business_id, client_from
+from .options import add_business_id, add_chat_filters, client_from
 from .outputs import JsonLines, write_stream
 from .status import UsageError
 
@@ -19,10 +17,6 @@ if TYPE_CHECKING:
     from .progress import Console
 
 __all__ = ["add_parser", "run"]
-
-
-def _known(enum: type[ChatStatus | ChatType | ChatContextType]) -> str:
-    return ", ".join(member.value for member in enum)
 
 
 def add_parser(commands: Subparsers, shared: SharedOptions) -> argparse.ArgumentParser:
@@ -36,24 +30,7 @@ def add_parser(commands: Subparsers, shared: SharedOptions) -> argparse.Argument
         "updatedAt, context). A filter given several times matches any of its values.",
     )
     add_business_id(parser)
-    parser.add_argument(
-        "--status",
-        action="append",
-        metavar="STATUS",
-        help=f"only chats in this status (repeatable): {_known(ChatStatus)}",
-    )
-    parser.add_argument(
-        "--type",
-        action="append",
-        metavar="TYPE",
-        help=f"only chats of this type (repeatable): {_known(ChatType)}",
-    )
-    parser.add_argument(
-        "--context-type",
-        action="append",
-        metavar="CONTEXT",
-        help=f"only chats about this (repeatable): {_known(ChatContextType)}",
-    )
+    add_chat_filters(parser)
     return parser
 
 

@@ -30,10 +30,9 @@ from typing import TYPE_CHECKING, Any, Final, TextIO
 import attrs
 
 from market_chat_async._bulk._planner import Budget
-from market_chat_async._models import ChatContextType, ChatStatus, ChatType
 
 from .inputs import parse_id
-from .options import add_business_id, client_from, file_arg
+from .options import add_business_id, add_chat_filters, add_progress_every, client_from, file_arg
 from .outputs import JsonLines, OutputError, message_record
 from .progress import Console, duration, logger, plural
 from .status import FAILED, OK, UsageError
@@ -47,10 +46,6 @@ __all__ = ["ExportState", "add_parser", "export", "recover", "run", "state_path"
 
 _SAVE_EVERY: Final = 2.0  # seconds between state saves (each one flushes the output first)
 _STATE_VERSION: Final = 1
-
-
-def _known(enum: type[ChatStatus | ChatType | ChatContextType]) -> str:
-    return ", ".join(member.value for member in enum)
 
 
 def add_parser(commands: Subparsers, shared: SharedOptions) -> argparse.ArgumentParser:
@@ -80,31 +75,8 @@ def add_parser(commands: Subparsers, shared: SharedOptions) -> argparse.Argument
         help="only chats updated at or after this time (ISO 8601 with a UTC offset, "
         "e.g. 2026-01-31T00:00:00+03:00)",
     )
-    parser.add_argument(
-        "--status",
-        action="append",
-        metavar="STATUS",
-        help=f"only chats in this status (repeatable): {_known(ChatStatus)}",
-    )
-    parser.add_argument(
-        "--type",
-        action="append",
-        metavar="TYPE",
-        help=f"only chats of this type (repeatable): {_known(ChatType)}",
-    )
-    parser.add_argument(
-        "--context-type",
-        action="append",
-        metavar="CONTEXT",
-        help=f"only chats about this (repeatable): {_known(ChatContextType)}",
-    )
-    parser.add_argument(
-        "--progress-every",
-        type=float,
-        default=10.0,
-        metavar="SECONDS",
-        help="how often to print a progress line when stderr is not a terminal (default: 10)",
-    )
+    add_chat_filters(parser)
+    add_progress_every(parser)
     return parser
 
 

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 from market_chat_async._bulk import STRATEGIES, Strategy
 
 from .inputs import pack, read_rows
-from .options import add_business_id, client_from, file_arg, file_or_dash
+from .options import add_business_id, add_progress_every, client_from, file_arg, file_or_dash
 from .outputs import (
     JsonLines,
     OutputError,
@@ -83,13 +83,7 @@ def add_parser(commands: Subparsers, shared: SharedOptions) -> argparse.Argument
         "job sooner under both quotas. Every id history does not return is fetched alone, so "
         "the output is the same",
     )
-    parser.add_argument(
-        "--progress-every",
-        type=float,
-        default=10.0,
-        metavar="SECONDS",
-        help="how often to print a progress line when stderr is not a terminal (default: 10)",
-    )
+    add_progress_every(parser)
     return parser
 
 

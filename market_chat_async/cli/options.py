@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, NamedTuple, Protocol
 
 from market_chat_async._env import API_KEY_ENV, BASE_URL_ENV
+from market_chat_async._models import ChatContextType, ChatStatus, ChatType
 
 from .inputs import INT64_MAX, parse_id
 from .status import UsageError
@@ -44,7 +45,9 @@ __all__ = [
     "Command",
     "SharedOptions",
     "add_business_id",
+    "add_chat_filters",
     "add_chat_id",
+    "add_progress_every",
     "client_from",
     "file_arg",
     "file_or_dash",
@@ -106,6 +109,43 @@ def add_business_id(parser: argparse.ArgumentParser) -> None:
 def add_chat_id(parser: argparse.ArgumentParser) -> None:
     """``--chat-id C``, required: the chat."""
     parser.add_argument("--chat-id", type=id_arg, required=True, metavar="C", help="the chat")
+
+
+def _known(enum: type[ChatStatus | ChatType | ChatContextType]) -> str:
+    return ", ".join(member.value for member in enum)
+
+
+def add_chat_filters(parser: argparse.ArgumentParser) -> None:
+    """``--status``, ``--type`` and ``--context-type``: the getChats filters."""
+    parser.add_argument(
+        "--status",
+        action="append",
+        metavar="STATUS",
+        help=f"only chats in this status (repeatable): {_known(ChatStatus)}",
+    )
+    parser.add_argument(
+        "--type",
+        action="append",
+        metavar="TYPE",
+        help=f"only chats of this type (repeatable): {_known(ChatType)}",
+    )
+    parser.add_argument(
+        "--context-type",
+        action="append",
+        metavar="CONTEXT",
+        help=f"only chats about this (repeatable): {_known(ChatContextType)}",
+    )
+
+
+def add_progress_every(parser: argparse.ArgumentParser) -> None:
+    """``--progress-every``: how often a plain progress line is printed."""
+    parser.add_argument(
+        "--progress-every",
+        type=float,
+        default=10.0,
+        metavar="SECONDS",
+        help="how often to print a progress line when stderr is not a terminal (default: 10)",
+    )
 
 
 def quota_arg(text: str) -> Quota:
