@@ -25,6 +25,7 @@ PYPROJECT = nox.project.load_toml("pyproject.toml")
 ROOT = Path(__file__).parent
 PYTHONS = nox.project.python_versions(PYPROJECT)
 EXTRAS = sorted(PYPROJECT["project"]["optional-dependencies"])
+ALL_EXTRAS = f"[{','.join(EXTRAS)}]"
 
 
 def _find_pyenv_pythons() -> None:
@@ -57,7 +58,7 @@ def suite(session: nox.Session, *pytest_args: str) -> None:
 @nox.session(python=PYTHONS)
 def tests(session: nox.Session) -> None:
     """The test suite, doctests included (a real redis-server on PATH is needed for Redis)."""
-    install(session, "test", extras="[redis,progress]")
+    install(session, "test", extras=ALL_EXTRAS)
     suite(session, "market_chat_async", "tests")
 
 
@@ -92,7 +93,7 @@ def lowest(session: nox.Session) -> None:
     (wheel,) = dist.glob("*.whl")
     # Fresh each time: a reused environment would keep versions from a newer install.
     session.run("python", "-m", "pip", "uninstall", "--yes", "--quiet", "market-chat-async")
-    session.install(f"{wheel}[{','.join(EXTRAS)}]", *floors())
+    session.install(f"{wheel}{ALL_EXTRAS}", *floors())
     session.run("python", "-m", "pip", "freeze", "--quiet", silent=False)
     # "append" puts the checkout after site-packages, so the tests import the installed wheel;
     # the doctests are collected from the installed package too.
@@ -110,7 +111,7 @@ def lint(session: nox.Session) -> None:
 @nox.session
 def typecheck(session: nox.Session) -> None:
     """mypy --strict on the package."""
-    install(session, "typecheck", extras="[redis,progress]")
+    install(session, "typecheck", extras=ALL_EXTRAS)
     session.run("mypy", "--strict", "market_chat_async")
 
 
