@@ -18,19 +18,19 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import write_result
 
 from market_chat_async import Quota
-from market_chat_async._limits import CabinetLimiter
+from market_chat_async._limits import Answer, CabinetLimiter
 
 WAITERS = 100_000
 ROUNDS = 3
 
 
 async def with_limiter() -> float:
-    limiter = CabinetLimiter(Quota(limit=10**9, period=3600.0), max_parallel=4)
-    first = await limiter.acquire()
-    await limiter.observe(first, remaining=None, resets_in=None)  # no server figure to learn
+    limiter = CabinetLimiter({"getChatMessage": Quota(limit=10**9, period=3600.0)}, 4)
+    first = await limiter.acquire("getChatMessage")
+    await first.observe(Answer(None, None))  # no server figure to learn
 
     async def one() -> None:
-        lease = await limiter.acquire()
+        lease = await limiter.acquire("getChatMessage")
         await asyncio.sleep(0)
         await lease.release()
 

@@ -246,7 +246,10 @@ class CabinetLimiter:
         loops: set[asyncio.AbstractEventLoop] = set()
         slot_free = self._slot_free(now)  # else only a release or a lingering slot can help
         for resource, queue in self._waiters.items():
-            loops.update(w.loop for w in queue if not w.abandoned)
+            # The first live waiter's loop is enough: a timer's wake-up grants across loops.
+            head = next((w for w in queue if not w.abandoned), None)
+            if head is not None:
+                loops.add(head.loop)
             if slot_free:
                 when = min(when, self._ledgers[resource].next_change(now))
         if when == math.inf:
