@@ -66,7 +66,7 @@ def pairs(n: int) -> Iterator[tuple[int, int]]:
 
 async def streamed(client: MarketChatClient, n: int) -> int:
     count = 0
-    async for item in client.stream_messages(BUSINESS, pairs(n)):
+    async for item in client.stream_messages(BUSINESS, pairs(n), strategy="message"):
         assert item.ok, item.error
         count += 1
     return count
