@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 from collections.abc import AsyncIterator
 
 import pytest
@@ -21,6 +22,8 @@ from market_chat_async._limits import forget_all
 from market_chat_async.testing import MarketTestServer, RunningServer, serve
 
 API_KEY = "test-api-key"
+# Test modules that start asyncio subprocesses (see collect_subprocess_transports).
+SUBPROCESS_MODULES = ("test_cli", "test_redis", "test_testing_server", "test_docs")
 FAST_RETRY = RetryPolicy(max_retries=3, backoff_initial=0.01, backoff_max=0.05)
 
 # Statuses the service documents and the class each raises: client errors (never retried) ...
@@ -41,6 +44,16 @@ ALL_ERRORS = [*CLIENT_ERRORS, (420, RateLimitError), (500, ServerError), (503, S
 def fresh_limiters() -> None:
     """Each test's event loop has a clock of its own (looptime): no cabinet state carries over."""
     forget_all()
+
+
+@pytest.fixture(autouse=True)
+async def collect_subprocess_transports(request: pytest.FixtureRequest) -> AsyncIterator[None]:
+    """Collect what a test that ran subprocesses left in reference cycles while its event loop
+    still runs: an asyncio subprocess transport collected after its loop closed raises in
+    ``__del__``, failing whichever test happens to be running then."""
+    yield
+    if request.module.__name__.rpartition(".")[2].startswith(SUBPROCESS_MODULES):
+        gc.collect()
 
 
 @pytest.fixture
