@@ -103,7 +103,7 @@ class MarketChatClient:
         quotas: Mapping[str, Quota] | None = None,
         max_parallel: int = 4,
         max_rate_limit_wait: float | None = None,
-        redis_url: str | None = None,
+        redis_url: str | Any = None,
         redis_client: Any = None,
         redis_cluster: bool = False,
         redis_fallback: bool = False,
@@ -138,6 +138,7 @@ class MarketChatClient:
             from ._limits._redis import RedisLimiters  # the optional extra, only when asked for
 
             limits = RedisLimiters(
+                # A ready redis.asyncio client works in either argument.
                 redis_client if redis_client is not None else redis_url,
                 quotas=self.quotas,
                 max_parallel=max_parallel,

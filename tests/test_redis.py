@@ -495,3 +495,22 @@ async def test_clients_on_one_redis_share_each_methods_quota_and_the_cap(redis_u
     assert sum(stats.quota_420_by_operation.values()) == 0
     assert sum(stats.parallel_420_by_operation.values()) == 0
     assert max(stats.max_in_flight.values()) <= 4
+
+
+async def test_a_ready_redis_client_can_be_passed_and_is_left_open(redis_url: str) -> None:
+    from market_chat_async import MarketChatClient
+    from market_chat_async.testing import MarketTestServer, serve
+
+    redis = aioredis.Redis.from_url(redis_url)
+    try:
+        async with serve(MarketTestServer()) as running:
+            for option in ("redis_url", "redis_client"):
+                async with MarketChatClient(
+                    api_key="test-api-key", base_url=running.url, **{option: redis}
+                ) as client:
+                    assert (await client.get_message(1, 2, 3)).message_id == 3
+                assert await redis.ping()  # not closed by the client
+        keys = [key async for key in redis.scan_iter("market-chat-async:*")]
+        assert keys  # the limits were kept in this Redis
+    finally:
+        await redis.aclose()
