@@ -33,7 +33,7 @@ from market_chat_async._bulk._planner import Budget
 
 from .inputs import parse_id
 from .options import add_business_id, add_chat_filters, add_progress_every, client_from, file_arg
-from .outputs import JsonLines, OutputError, message_record
+from .outputs import JsonLines, OutputError, message_record, written_pairs
 from .progress import Console, duration, logger, plural
 from .status import FAILED, OK, UsageError
 
@@ -181,22 +181,9 @@ def recover(output: Path, state: ExportState, warn: Any) -> None:
         if start == 0:
             state.last.clear()  # every line is read again below
         file.seek(start)
-        good_end = start
-        for number, raw in enumerate(file, 1):
-            if not raw.endswith(b"\n"):
-                file.truncate(good_end)
-                warn(f"{output}: cut off an incomplete last line")
-                break
-            good_end += len(raw)
-            try:
-                data = json.loads(raw)
-                chat_id = parse_id("chatId", data["chatId"])
-                message_id = parse_id("messageId", data["messageId"])
-            except (ValueError, KeyError, TypeError, RecursionError):
-                warn(f"{output}: a line past byte {start} (#{number}) is not a message; ignored")
-                continue
+        for chat_id, message_id in written_pairs(file, output, warn):
             state.last[chat_id] = max(state.last.get(chat_id, 0), message_id)
-        state.output_bytes = good_end
+        state.output_bytes = file.seek(0, os.SEEK_END)  # after a torn line was cut off
 
 
 def _load_state(path: Path, business_id: int) -> ExportState:

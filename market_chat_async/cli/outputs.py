@@ -8,9 +8,9 @@ import json
 import os
 import stat
 import sys
-from collections.abc import AsyncIterable, Callable
+from collections.abc import AsyncIterable, Callable, Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, BinaryIO
 
 from .inputs import pack, parse_id
 from .progress import plural
@@ -28,6 +28,7 @@ __all__ = [
     "errors_path",
     "json_line",
     "load_done",
+    "written_pairs",
     "message_record",
     "print_out",
     "same_file",
@@ -212,6 +213,30 @@ def error_record(error: BaseException) -> dict[str, Any]:
     return {"type": type(error).__name__, "status": None, "message": str(error)}
 
 
+def written_pairs(
+    file: BinaryIO, path: Path, warn: Callable[[str], None]
+) -> Iterator[tuple[int, int]]:
+    """``(chatId, messageId)`` of each whole line of an output file opened ``r+b``, from where
+    ``file`` stands. A torn last line is cut off the file: only a crash between the bytes of one
+    write (power loss, full disk) leaves one. A line that is not a message is warned of, skipped.
+    """
+    good_end = start = file.tell()
+    for number, raw in enumerate(file, 1):
+        if not raw.endswith(b"\n"):
+            file.truncate(good_end)
+            warn(f"{path}:{number}: cut off an incomplete last line")
+            return
+        good_end += len(raw)
+        try:
+            data = json.loads(raw)
+            pair = parse_id("chatId", data["chatId"]), parse_id("messageId", data["messageId"])
+        except (ValueError, KeyError, TypeError, RecursionError):
+            where = f"line {number}" + (f" past byte {start}" if start else "")
+            warn(f"{path}: {where} is not a message; ignored")
+            continue
+        yield pair
+
+
 def load_done(path: Path, warn: Callable[[str], None]) -> set[int]:
     """The pairs already in an output file (packed); a torn last line is cut off the file.
 
@@ -228,19 +253,6 @@ def load_done(path: Path, warn: Callable[[str], None]) -> set[int]:
     except OSError as exc:
         raise UsageError(f"cannot open {path}: {exc.strerror}") from None
     with file:
-        good_end = 0
-        for number, raw in enumerate(file, 1):
-            if not raw.endswith(b"\n"):
-                # Only a crash between the bytes of one write (power loss, full disk) does this.
-                file.truncate(good_end)
-                warn(f"{path}:{number}: cut off an incomplete last line")
-                break
-            good_end += len(raw)
-            try:
-                data = json.loads(raw)
-                done.add(
-                    pack(parse_id("chatId", data["chatId"]), parse_id("id", data["messageId"]))
-                )
-            except (ValueError, KeyError, TypeError, RecursionError):
-                warn(f"{path}:{number}: not a message line; ignored")
+        for chat_id, message_id in written_pairs(file, path, warn):
+            done.add(pack(chat_id, message_id))
     return done
