@@ -82,15 +82,23 @@ def _int_header(value: str | None) -> int | None:
 
 
 @functools.lru_cache(maxsize=256)
-def _seconds_between(date_text: str | None, until_text: str) -> float | None:
-    """``Until`` minus ``Date`` in seconds, or until from now without a ``Date``."""
-    until = _http_date(until_text)
-    if until is None:
+def _until_minus_date(date_text: str, until_text: str) -> float | None:
+    """``Until`` minus ``Date`` in seconds, on the server's clock (cached: both repeat)."""
+    until, date = _http_date(until_text), _http_date(date_text)
+    if until is None or date is None:
         return None
-    date = _http_date(date_text) if date_text else None
-    if date is None:
-        return max(0.0, (until - datetime.now(UTC)).total_seconds())
     return max(0.0, (until - date).total_seconds())
+
+
+def _resets_in(date_text: str | None, until_text: str | None) -> float | None:
+    """Seconds until the server's window frees, if the headers say. Without a ``Date`` it is
+    measured from the local clock, so never from the cache."""
+    if not until_text:
+        return None
+    if not date_text or _http_date(date_text) is None:
+        until = _http_date(until_text)
+        return None if until is None else max(0.0, (until - datetime.now(UTC)).total_seconds())
+    return _until_minus_date(date_text, until_text)
 
 
 @attrs.frozen
@@ -123,11 +131,7 @@ class RateLimitInfo:
     @property
     def resets_in(self) -> float | None:
         """Seconds from the response until the server's window frees, if the headers say."""
-        if self.until_text is None:
-            return None
-        if self.date_text is None:  # not cacheable: measured from the local clock
-            return _seconds_between.__wrapped__(None, self.until_text)
-        return _seconds_between(self.date_text, self.until_text)
+        return _resets_in(self.date_text, self.until_text)
 
 
 def parse_rate_limit(headers: Mapping[str, str]) -> RateLimitInfo | None:
@@ -223,11 +227,7 @@ def answer_for(status: int, headers: Mapping[str, str], error: MarketApiError | 
     refused = isinstance(error, RateLimitError) and error.reason == "parallel"
     if isinstance(error, RateLimitError) and not refused and remaining is None:
         remaining = 0  # spent, says the status, even without the headers
-    resets_in = None
-    if until:
-        date = headers.get("date")
-        # Without a Date the answer is measured from the local clock: never from the cache.
-        resets_in = (_seconds_between if date else _seconds_between.__wrapped__)(date, until)
+    resets_in = _resets_in(headers.get("date"), until)
     return Answer(remaining, resets_in, parallel_refused=refused)
 
 
