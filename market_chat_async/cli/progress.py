@@ -54,12 +54,9 @@ def quota_wait(todo: int, state: QuotaState, quota: Quota) -> float:
     >>> quota_wait(5000, fresh, q) / 3600, quota_wait(1000, fresh, q)
     (4.0, 0.0)
     """
-    beyond = todo - state.remaining
-    if beyond <= 0:
-        return 0.0
-    periods = math.ceil(beyond / quota.limit)
-    first = quota.period if state.remaining >= quota.limit else state.frees_in
-    return first + (periods - 1) * quota.period
+    from market_chat_async._bulk._planner import Budget  # the planner's rule, said once
+
+    return Budget(state.remaining, state.frees_in, quota.limit, quota.period).finish(todo)
 
 
 def duration(seconds: float) -> str:
