@@ -60,6 +60,7 @@ import asyncio
 import collections
 import contextlib
 import heapq
+import itertools
 import logging
 import math
 import uuid
@@ -73,7 +74,16 @@ from ._adaptive import AdaptiveCap, LatencyTracker
 from ._ledger import UNKNOWN_RESET_WAIT
 from ._local import CabinetLimiter, limiter_for
 from ._quota import Answer, Lease, Limiter, Quota, QuotaState
-from ._redis_scripts import ACQUIRE, CABINET_KEYS, RELEASE, RENEW, RESOURCE_KEYS, STATE, Script
+from ._redis_scripts import (
+    ACQUIRE,
+    CABINET_KEYS,
+    KEYS,
+    RELEASE,
+    RENEW,
+    RESOURCE_KEYS,
+    STATE,
+    Script,
+)
 
 __all__ = ["RedisLimiters"]
 
@@ -96,6 +106,7 @@ BLOCK_MAX = 0.3  # the longest block on a `wake` list (under the 0.5 s socket ti
 VOID_TTL = 60.0  # how long a ticket given back stays void
 DEFAULT_EXCHANGE_TIMEOUT = 60.0
 DEFAULT_MAX_CONNECTIONS = 32
+_TALLIES = ("waited", "carried")  # the entries of RedisLimiters.calls that are not scripts
 
 T = TypeVar("T")
 
@@ -196,8 +207,10 @@ class RedisLimiters:
         self._down_until = -math.inf  # loop time; with fallback on, Redis is not asked before
         self._degraded = False
         # Script runs by name, retries included (for the benchmarks); "waited" counts the
-        # acquire calls that granted nothing.
+        # acquire calls that granted nothing, "carried" the releases an acquire took along.
         self.calls: collections.Counter[str] = collections.Counter()
+        # Lease ids and tickets: this object's random prefix and a count, unique everywhere.
+        self._ids = map(f"{uuid.uuid4().hex[:16]}-{{}}".format, itertools.count())
 
     def __repr__(self) -> str:
         return (
@@ -208,7 +221,11 @@ class RedisLimiters:
     @property
     def script_calls(self) -> int:
         """How many scripts this object has run on Redis, retries included."""
-        return sum(n for name, n in self.calls.items() if name != "waited")
+        return sum(n for name, n in self.calls.items() if name not in _TALLIES)
+
+    def new_id(self) -> str:
+        """A lease id (or ticket) no other process or call uses."""
+        return next(self._ids)
 
     def limiter(self, business_id: int) -> Limiter:
         """The shared limiter of one cabinet (one object per cabinet, cached)."""
@@ -354,7 +371,7 @@ class _RedisLease:
         self._owner = owner
         self.resource = resource
         # Chosen here, before any script runs, so that a cancelled acquire can give it back.
-        self.id = ticket or uuid.uuid4().hex
+        self.id = ticket or owner._shared.new_id()
         self.granted_at = 0.0  # loop time
         self.renewed_at = 0.0
         self.answered = False
@@ -367,15 +384,17 @@ class _RedisLease:
 
 
 class _Resource:
-    """What one resource of a cabinet needs: its quota, keys, script arguments, head lock."""
+    """What one resource of a cabinet needs: its quota, keys, script arguments, head lock, and
+    the releases on their way."""
 
     __slots__ = (
-        "acquire_args",
-        "acquire_keys",
+        "constants",
         "head",
+        "hold_ms",
+        "keys",
+        "pending",
         "queued",
         "quota",
-        "release_keys",
         "state_keys",
         "waiting",
         "wake_key",
@@ -385,41 +404,47 @@ class _Resource:
         self.quota = quota
         keys = {n: f"{base}{n}" for n in CABINET_KEYS}
         keys.update({n: f"{base}{name}:{n}" for n in RESOURCE_KEYS})
-        order = ("leases", "overlap", "void", "tokens", "bound", "local", "pace", "queue", "seen")
-        self.acquire_keys = [keys[n] for n in order] + [keys["wake"]]
-        self.release_keys = [keys[n] for n in order if n != "pace"] + [keys["wake"]]
+        self.keys = [keys[n] for n in KEYS]  # of ACQUIRE and RELEASE
         self.wake_key = keys["wake"]
         self.state_keys = [keys[n] for n in ("leases", "overlap", "tokens", "bound")]
         hold = quota.period + quota.effective_margin
         in_flight_hold = max(shared.lease_ttl, shared.exchange_timeout)
         interval = quota.pace_interval
-        self.acquire_args: list[Any] = [
+        self.hold_ms = _ms(hold)
+        # The ARGV both ACQUIRE and RELEASE start with (SHARED_ARGS of them).
+        self.constants: list[Any] = [
             quota.limit,
             shared.max_parallel,
-            _ms(hold),
+            self.hold_ms,
             _ms(shared.lease_ttl),
             _ms(in_flight_hold),
             _ms(hold + in_flight_hold),  # key ttl
-            0,  # how long a request takes: filled in per call from the latency seen
             _ms(interval) if quota.burst is not None else 0,
             _ms(interval * (quota.burst - 1)) if quota.burst is not None else 0,
             _ms(TICKET_STALE),
-            "",  # the next waiter's ticket: filled in per call
             _ms(WAIT_LONGEST),
-            0,  # the item of `wake` that woke the waiter: filled in per call
+            _ms(quota.reset_margin),
+            _ms(min(quota.period, UNKNOWN_RESET_WAIT)),
+            _ms(VOID_TTL),
         ]
         self.head = asyncio.Lock()  # FIFO: only its holder asks Redis
         self.waiting = 0  # acquire() calls of this resource under way in this process
         # A ticket queued in Redis for the next head by the last grant: (id, wait ms, flight).
         self.queued: tuple[str, int, int] | None = None
+        # Releases not yet taken by a script call: the next ACQUIRE of this resource carries
+        # them, or, failing that, the background sends them (on the loop's next turn).
+        self.pending: list[_Release] = []
 
-    @property
-    def hold_ms(self) -> int:
-        return int(self.acquire_args[2])
 
-    @property
-    def key_ttl_ms(self) -> int:
-        return int(self.acquire_args[5])
+class _Release:
+    """A release on its way: its RELEASE_ARGS arguments, and the future of the script call
+    that carries it (None until one takes it; True once that call ran, False if it failed)."""
+
+    __slots__ = ("args", "carrier")
+
+    def __init__(self, args: list[Any]) -> None:
+        self.args = args
+        self.carrier: asyncio.Future[bool] | None = None
 
 
 class _RedisLimiter:
@@ -433,7 +458,7 @@ class _RedisLimiter:
             name: _Resource(shared, base, name, quota) for name, quota in shared.quotas.items()
         }
         self._renew_keys = [f"{base}leases", f"{base}overlap"] + [
-            r.acquire_keys[3] for r in self._resources.values()
+            r.keys[KEYS.index("tokens")] for r in self._resources.values()
         ]
         self._renew_index = {name: i + 3 for i, name in enumerate(self._resources)}
         self._cap = AdaptiveCap(shared.max_parallel)
@@ -544,15 +569,27 @@ class _RedisLimiter:
                     woken = 0
                     await self._sleep(event, min(room, WAIT_MAX))
                     continue
-                args = list(res.acquire_args)
-                args[6] = max(1, _ms(self._latency.slowest()))
                 # With others waiting behind, the grant queues the next one's ticket too.
-                following = uuid.uuid4().hex if res.waiting > 1 else ""
-                args[10] = following
-                args[12] = woken
-                granted, wait_ms, flight = await shared.run(
-                    ACQUIRE, res.acquire_keys, [lease.id, *args]
-                )
+                following = shared.new_id() if res.waiting > 1 else ""
+                args = [
+                    *res.constants,
+                    lease.id,
+                    max(1, _ms(self._latency.slowest())),
+                    following,
+                    woken,
+                ]
+                # This process's releases of the resource still on their way go along, so a
+                # request after a request costs one script call.
+                shared.calls["carried"] += len(res.pending)
+                carrier = self._carry(res, args)
+                try:
+                    granted, wait_ms, flight = await shared.run(ACQUIRE, res.keys, args)
+                except BaseException:
+                    if carrier is not None:  # they are sent by themselves
+                        carrier.set_result(False)
+                    raise
+                if carrier is not None:
+                    carrier.set_result(True)
                 if granted == 1:
                     lease.granted_at = lease.renewed_at = loop.time()
                     self.in_flight.add(lease)
@@ -582,10 +619,6 @@ class _RedisLimiter:
         with contextlib.suppress(asyncio.CancelledError):
             await asyncio.shield(task)
 
-    async def _give_back_quietly(self, lease: _RedisLease) -> None:
-        with contextlib.suppress(LimiterUnavailableError):
-            await self._release(lease, None, sent=False, linger=0.0)
-
     async def give_back(self, lease: _RedisLease, answer: Answer | None, *, sent: bool) -> None:
         """The request is over: take in the answer and free the slot, in one script call."""
         loop = asyncio.get_running_loop()
@@ -603,10 +636,11 @@ class _RedisLimiter:
                 heapq.heappush(self._lingering, now + linger)
         self.in_flight.discard(lease)
         # On its way, not waited for: the caller has its answer, and this process's next
-        # request overlaps the round trip. `state`, `flush` and `close` wait for it.
-        task = self._shared.in_background(
-            self._release_until_done(lease, answer, sent=sent, linger=linger)
-        )
+        # request overlaps the round trip (or carries it). `state`, `flush` and `close` wait.
+        res = self._resources[lease.resource]
+        release = _Release(self._release_args(lease, answer, sent=sent, linger=linger))
+        res.pending.append(release)
+        task = self._shared.in_background(self._deliver(res, release))
         self._releasing.add(task)
         task.add_done_callback(self._released)
 
@@ -614,12 +648,32 @@ class _RedisLimiter:
         self._releasing.discard(task)
         self._wake()  # a slot, a probe or a bound changed in Redis: this process's heads look
 
-    async def _release_until_done(
-        self, lease: _RedisLease, answer: Answer | None, *, sent: bool, linger: float
-    ) -> None:
-        """Release; if Redis stays away, keep trying in the background (never raise)."""
+    def _carry(self, res: _Resource, args: list[Any]) -> asyncio.Future[bool] | None:
+        """Take the resource's pending releases into ``args``; the future their carrier
+        settles (None if there were none)."""
+        if not res.pending:
+            return None
+        carrier = asyncio.get_running_loop().create_future()
+        for release in res.pending:
+            release.carrier = carrier
+            args += release.args
+        res.pending = []
+        return carrier
+
+    async def _deliver(self, res: _Resource, release: _Release) -> None:
+        """Get ``release`` applied: carried by an acquire, or sent with the resource's other
+        pending releases, or (when the acquire carrying it failed) sent by itself. Never
+        raises: if Redis stays away, it is retried in the background (meanwhile the lease
+        expires by itself)."""
+        if release.carrier is None:  # no acquire took it: send it with the others pending
+            args = list(res.constants)
+            carrier = self._carry(res, args)
+        elif await release.carrier:
+            return
+        else:  # the acquire carrying it failed or was cancelled; applying it twice is harmless
+            args, carrier = [*res.constants, *release.args], None
         try:
-            await self._release(lease, answer, sent=sent, linger=linger)
+            await self._shared.run(RELEASE, res.keys, args)
         except LimiterUnavailableError as exc:
             logger.warning(
                 "could not give back a lease (%s); retrying in the background, and its slot "
@@ -627,47 +681,45 @@ class _RedisLimiter:
                 exc.message,
                 self._shared.lease_ttl,
             )
-            self._shared.retry_later(self._release_later(lease, answer, sent=sent))
+            self._shared.retry_later(self._release_later(res, args))
+        finally:
+            if carrier is not None:  # sent (or being retried) with this one: nothing more to do
+                carrier.set_result(True)
 
-    async def _release_later(
-        self, lease: _RedisLease, answer: Answer | None, *, sent: bool
-    ) -> None:
+    async def _release_later(self, res: _Resource, args: list[Any]) -> None:
         # Until the token would have returned anyway, there is a point in telling Redis.
-        give_up = asyncio.get_running_loop().time() + self._resources[lease.resource].hold_ms / 1000
-        while asyncio.get_running_loop().time() < give_up:
+        loop = asyncio.get_running_loop()
+        give_up = loop.time() + res.hold_ms / 1000
+        while loop.time() < give_up:
             await asyncio.sleep(BLIP)
             with contextlib.suppress(LimiterUnavailableError):
-                await self._release(lease, answer, sent=sent, linger=0.0)
+                await self._shared.run(RELEASE, res.keys, args)
                 return
 
-    async def _release(
+    def _release_args(
         self, lease: _RedisLease, answer: Answer | None, *, sent: bool, linger: float
-    ) -> None:
-        res = self._resources[lease.resource]
-        quota = res.quota
+    ) -> list[Any]:
+        """The RELEASE_ARGS arguments of one release."""
         remaining = -1
         resets = -1
         if answer is not None:
             remaining = -1 if answer.remaining is None else max(0, answer.remaining)
             resets = -1 if answer.resets_in is None else _ms(max(0.0, answer.resets_in))
-        await self._shared.run(
-            RELEASE,
-            res.release_keys,
-            [
-                lease.id,
-                "1" if sent else "0",
-                "1" if answer is not None else "0",
-                remaining,
-                resets,
-                res.hold_ms,
-                _ms(quota.reset_margin),
-                max(0, _ms(linger)),
-                quota.limit,
-                _ms(min(quota.period, UNKNOWN_RESET_WAIT)),
-                res.key_ttl_ms,
-                _ms(VOID_TTL),
-            ],
-        )
+        return [
+            lease.id,
+            1 if sent else 0,
+            1 if answer is not None else 0,
+            remaining,
+            resets,
+            max(0, _ms(linger)),
+        ]
+
+    async def _give_back_quietly(self, lease: _RedisLease) -> None:
+        """Give back a ticket (or a lease) the caller never got: at once, by itself."""
+        res = self._resources[lease.resource]
+        args = self._release_args(lease, None, sent=False, linger=0.0)
+        with contextlib.suppress(LimiterUnavailableError):
+            await self._shared.run(RELEASE, res.keys, [*res.constants, *args])
 
     async def renew(self, now: float) -> None:
         """Renew the leases of this process's requests that have been in flight a while."""

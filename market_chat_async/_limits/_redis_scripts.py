@@ -13,9 +13,12 @@ import hashlib
 __all__ = [
     "ACQUIRE",
     "CABINET_KEYS",
+    "KEYS",
     "RELEASE",
+    "RELEASE_ARGS",
     "RENEW",
     "RESOURCE_KEYS",
+    "SHARED_ARGS",
     "STATE",
     "Script",
 ]
@@ -23,15 +26,23 @@ __all__ = [
 # The cabinet's keys, shared by all its resources; then the keys each resource has of its own.
 CABINET_KEYS = ("leases", "overlap", "void", "wake")
 RESOURCE_KEYS = ("tokens", "bound", "local", "pace", "queue", "seen")
+# The KEYS of ACQUIRE and RELEASE, in order.
+KEYS = ("leases", "overlap", "void", "tokens", "bound", "local", "pace", "queue", "seen", "wake")
+SHARED_ARGS = 13  # ARGV both take first: the resource's constants
+RELEASE_ARGS = 6  # ARGV per release
 
 
 class Script:
-    """A Lua script and its SHA1, run with EVALSHA (EVAL when the server has not cached it)."""
+    """A Lua script and its SHA1, run with EVALSHA (EVAL when the server has not cached it).
+
+    ``SHARED_ARGS`` and ``RELEASE_ARGS`` in the source are those numbers."""
 
     __slots__ = ("name", "sha", "source")
 
     def __init__(self, name: str, source: str) -> None:
         self.name = name
+        for constant in ("SHARED_ARGS", "RELEASE_ARGS"):
+            source = source.replace(constant, str(globals()[constant]))
         self.source = source
         self.sha = hashlib.sha1(source.encode()).hexdigest()  # Redis names a script by its SHA1
 
@@ -44,50 +55,182 @@ local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 """
 
-# KEYS: leases overlap void tokens bound local pace queue seen wake
-# ARGV: 1 ticket (the lease id, chosen by the client), 2 limit, 3 max_parallel,
-#       4 period + margin, 5 lease ttl, 6 token hold while in flight (at least the ttl: the
-#       longest exchange), 7 key ttl, 8 ms a request is expected to take at most (the slowest
-#       recent answer this process saw: for the wait hint), 9 pace interval
-#       (0: no pacing), 10 pace tolerance, 11 ms a ticket may be late back before it is
-#       dropped (its waiter died), 12 the ticket of the next waiter in this process ('':
-#       none), queued if this one is granted (the reply's wait and flight are then its),
-#       13 the longest wait a waiter sleeps before asking again, 14 the item of `wake` that
-#       woke the waiter ('0': none): how many waiters it has woken, passed on (up to 3) if
-#       others may start and this one may not.
+# What ACQUIRE and RELEASE share: the clock, the keys, the resource's constants (the same
+# ARGV 1-13 for both, built once per resource by the client), and the one release rule.
+#
+# KEYS: as in KEYS.
+# ARGV: 1 limit, 2 max_parallel, 3 period + margin, 4 lease ttl, 5 token hold while in flight
+#       (at least the ttl: the longest exchange), 6 key ttl, 7 pace interval (0: no pacing),
+#       8 pace tolerance, 9 ms a ticket may be late back before it is dropped (its waiter
+#       died), 10 the longest wait a waiter sleeps before asking again, 11 margin of a reset
+#       time (whole-second headers), 12 reset wait assumed when a Remaining came without one,
+#       13 how long a ticket given back stays void;
+#       then the script's own ARGV, then releases, RELEASE_ARGS each: lease id, sent ('0':
+#       never reached the server), answered ('1': the server answered, the next two say
+#       what), remaining (-1: not said), resets in (ms, -1: not said), linger (ms the slot
+#       stays taken).
+_SHARED = (
+    _NOW
+    + """
+local leases, overlap, void, tokens, bound, local_key, pace, queue, seen, wake = unpack(KEYS)
+local limit, max_parallel, hold = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
+local ttl, in_flight_hold, key_ttl = tonumber(ARGV[4]), tonumber(ARGV[5]), tonumber(ARGV[6])
+local interval, tolerance, stale = tonumber(ARGV[7]), tonumber(ARGV[8]), tonumber(ARGV[9])
+local longest, margin, reset_wait = tonumber(ARGV[10]), tonumber(ARGV[11]), tonumber(ARGV[12])
+local void_ttl = tonumber(ARGV[13])
+
+-- Tokens returned by `now` leave once per call; `leases`, `overlap` and `tokens`, if
+-- written, have their expiry refreshed once, as the call ends.
+local purged, touched = false, false
+local function purge_tokens()
+  if not purged then
+    redis.call('ZREMRANGEBYSCORE', tokens, '-inf', now)
+    purged = true
+  end
+end
+local function refresh()
+  if touched then
+    for _, key in ipairs({leases, overlap, tokens}) do redis.call('PEXPIRE', key, key_ttl) end
+  end
+end
+
+-- One item on the cabinet's `wake` list wakes the waiter (of any process) blocked longest.
+local function push_wake(item)
+  local n = redis.call('LPUSH', wake, item)
+  if n == 1 then
+    redis.call('PEXPIRE', wake, key_ttl)
+  elseif n > 4 then
+    redis.call('LTRIM', wake, 0, 3)
+  end
+end
+
+-- A request is over: take in the server's answer and free its slot. Returns 1 if the lease
+-- was in flight, 0 if not (never granted, expired, or released already). Run twice (a reply
+-- lost and the call retried), the second run finds the lease no longer in flight: the slot
+-- and the bound are not touched again; its token may return later by the retry's delay,
+-- never sooner.
+local function release(lease, sent, answered, remaining, resets, linger)
+  local returns = now + hold
+  local overlapped = redis.call('HGET', overlap, lease)
+  if not overlapped then
+    -- (A granted ticket left the queue when it was granted.)
+    redis.call('ZREM', queue, lease)
+    redis.call('ZREM', seen, lease)
+    local held = redis.call('ZSCORE', tokens, lease)
+    if not held then
+      -- Never granted: a cancelled acquire. Should its script still be on its way, it must
+      -- not grant a lease that nobody holds.
+      redis.call('ZREMRANGEBYSCORE', void, '-inf', now)
+      redis.call('ZADD', void, now + void_ttl, lease)
+      redis.call('PEXPIRE', void, void_ttl)
+      return 0
+    end
+    -- Its lease expired (a hung worker; the slot is gone with it): an answer that came only
+    -- now counts a period from now. (A lease in `leases` but not in flight is lingering,
+    -- released already: it stays until its linger ends.)
+    if sent and tonumber(held) < returns then redis.call('ZADD', tokens, returns, lease) end
+    return 0
+  end
+  redis.call('HDEL', overlap, lease)
+  push_wake(1)  -- a slot, or a probe, is free
+  if not sent then
+    redis.call('ZREM', leases, lease)
+    redis.call('ZREM', tokens, lease)
+    -- Nothing was sent, so the bound gets its start back.
+    if redis.call('EXISTS', bound) == 1 then redis.call('HINCRBY', bound, 'budget', 1) end
+    return 1
+  end
+  redis.call('ZADD', tokens, returns, lease)
+  if linger > 0 then
+    redis.call('ZADD', leases, now + linger, lease)
+  else
+    redis.call('ZREM', leases, lease)
+  end
+  touched = true
+  if not answered then return 1 end
+
+  if remaining < 0 then
+    -- No Remaining: with no reset time either the server says nothing, and the tokens decide.
+    if resets < 0 then
+      redis.call('SET', local_key, '1', 'PX', key_ttl)
+    else
+      redis.call('DEL', local_key)
+    end
+    return 1
+  end
+  purge_tokens()
+  if remaining >= limit - redis.call('ZCARD', tokens) then
+    -- Our tokens account for all the server counts: a bound would count them twice.
+    redis.call('SET', local_key, '1', 'PX', key_ttl)
+    redis.call('DEL', bound)
+    return 1
+  end
+  redis.call('DEL', local_key)
+  if resets < 0 then resets = reset_wait end
+  local budget = remaining - tonumber(overlapped)
+  local untl = now + resets + margin
+  local b = redis.call('HMGET', bound, 'budget', 'until')
+  if b[1] and tonumber(b[2]) > now and tonumber(b[1]) > budget then
+    redis.call('HSET', bound, 'reported', remaining)  -- the bound in force leaves more: keep it
+  else
+    redis.call('HSET', bound, 'budget', budget, 'until', untl, 'reported', remaining)
+    redis.call('PEXPIRE', bound, math.max(1, untl - now))
+  end
+  return 1
+end
+
+-- The releases from ARGV[first] on; how many were in flight.
+local function release_all(first)
+  local n = 0
+  for i = first, #ARGV, RELEASE_ARGS do
+    n = n + release(ARGV[i], ARGV[i + 1] == '1', ARGV[i + 2] == '1', tonumber(ARGV[i + 3]),
+      tonumber(ARGV[i + 4]), tonumber(ARGV[i + 5]))
+  end
+  return n
+end
+"""
+)
+
+# ARGV (after the shared 1-13): 14 ticket (the lease id, chosen by the client), 15 ms a request
+#       is expected to take at most (the slowest recent answer this process saw: for the wait
+#       hint), 16 the ticket of the next waiter in this process ('': none), queued if this one
+#       is granted (the reply's wait and flight are then its), 17 the item of `wake` that woke
+#       the waiter ('0': none): how many waiters it has woken, passed on (up to 3) if others
+#       may start and this one may not; from 18 on, releases of the same resource this process
+#       has on their way, applied first (as if sent just before).
 # Returns {1, ms, flight} granted (ms and flight: the next ticket's, as below); {0, ms, flight}:
 # wait about that long and ask again (blocked on `wake` when flight is 1: a request ending
 # helps); {-1, 0, 0} void (the ticket was given back before this ran).
 ACQUIRE = Script(
     "acquire",
-    _NOW
+    _SHARED
     + """
-local leases, overlap, void, tokens, bound, local_key, pace, queue, seen, wake = unpack(KEYS)
-local ticket, limit, max_parallel = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3])
-local hold, ttl, in_flight_hold = tonumber(ARGV[4]), tonumber(ARGV[5]), tonumber(ARGV[6])
-local key_ttl, expected = tonumber(ARGV[7]), tonumber(ARGV[8])
-local interval, tolerance, stale = tonumber(ARGV[9]), tonumber(ARGV[10]), tonumber(ARGV[11])
-local next_ticket, longest, woken = ARGV[12], tonumber(ARGV[13]), tonumber(ARGV[14])
+local ticket, expected = ARGV[14], tonumber(ARGV[15])
+local next_ticket, woken = ARGV[16], tonumber(ARGV[17])
 
--- A reply lost on the way back and the call retried: it was granted already.
+-- A reply lost on the way back and the call retried: it was granted already (and the releases
+-- it carried were applied then).
 if redis.call('HEXISTS', overlap, ticket) == 1 then return {1, 0, 0} end
-redis.call('ZREMRANGEBYSCORE', void, '-inf', now)
-if redis.call('ZSCORE', void, ticket) then return {-1, 0, 0} end
 
 -- Leases past their expiry: their workers died or hung. The slot frees now; the token was
 -- set to return a period after the latest moment the server could count the request.
 local expired = redis.call('ZRANGEBYSCORE', leases, '-inf', now)
-for _, id in ipairs(expired) do redis.call('HDEL', overlap, id) end
-redis.call('ZREMRANGEBYSCORE', leases, '-inf', now)
-redis.call('ZREMRANGEBYSCORE', tokens, '-inf', now)
+if #expired > 0 then
+  for _, id in ipairs(expired) do redis.call('HDEL', overlap, id) end
+  redis.call('ZREMRANGEBYSCORE', leases, '-inf', now)
+end
+purge_tokens()
+release_all(SHARED_ARGS + 5)
 
 -- First come, first served: this ticket's place among the waiters that are still asking.
 local queued = redis.call('ZCARD', queue) > 0
 if queued then
   -- `seen`: by when each waiter is due back (the wait it was given, and some grace).
   local stale_ids = redis.call('ZRANGEBYSCORE', seen, '-inf', now)
-  for _, id in ipairs(stale_ids) do redis.call('ZREM', queue, id) end
-  redis.call('ZREMRANGEBYSCORE', seen, '-inf', now)
+  if #stale_ids > 0 then
+    for _, id in ipairs(stale_ids) do redis.call('ZREM', queue, id) end
+    redis.call('ZREMRANGEBYSCORE', seen, '-inf', now)
+  end
 end
 
 -- Where `id` stands in the queue: {may it start now, else ms to wait, whether a request
@@ -111,18 +254,17 @@ local function evaluate(id, enqueue)
       if by_flight and flight_wait < ms then flight_wait = ms end
     end
   end
-  -- When slots free: a lingering one at its score, one in flight about the slowest recent
-  -- answer time after its grant (its expiry less the ttl, unless renewed since).
-  local taken = redis.call('ZRANGE', leases, 0, -1, 'WITHSCORES')
-  local slots = max_parallel - #taken / 2
-  local function frees_at(i)
-    local at = tonumber(taken[i + 1])
-    if redis.call('HEXISTS', overlap, taken[i]) == 1 then at = at - ttl + expected end
-    return at
-  end
+  local slots = max_parallel - redis.call('ZCARD', leases)
   if slots <= rank then
+    -- When slots free: a lingering one at its score, one in flight about the slowest recent
+    -- answer time after its grant (its expiry less the ttl, unless renewed since).
+    local taken = redis.call('ZRANGE', leases, 0, -1, 'WITHSCORES')
     local times = {}
-    for i = 1, #taken, 2 do times[#times + 1] = frees_at(i) end
+    for i = 1, #taken, 2 do
+      local at = tonumber(taken[i + 1])
+      if redis.call('HEXISTS', overlap, taken[i]) == 1 then at = at - ttl + expected end
+      times[#times + 1] = at
+    end
     table.sort(times)
     local at = times[rank - slots + 1]
     limit_to(slots, at and at > now and at - now or expected / max_parallel, true)
@@ -175,126 +317,55 @@ end
 -- A waiter woken from `wake` that may not start while others may (they are older): pass the
 -- wake-up on to them.
 local function pass_on(fits)
-  if woken > 0 and woken < 3 and fits > 0 and fits < math.huge then
-    redis.call('LPUSH', wake, woken + 1)
-    redis.call('LTRIM', wake, 0, 3)
+  if woken > 0 and woken < 3 and fits > 0 and fits < math.huge then push_wake(woken + 1) end
+end
+
+local function acquire()
+  local given_back = redis.call('ZSCORE', void, ticket)
+  if given_back and tonumber(given_back) > now then return {-1, 0, 0} end
+  local ok, wait, flight, bounded, tat, fits = unpack(evaluate(ticket, queued))
+  if not ok then
+    if not queued then evaluate(ticket, true) end
+    pass_on(fits)
+    return {0, wait, flight}
   end
+
+  if queued then
+    redis.call('ZREM', queue, ticket)
+    redis.call('ZREM', seen, ticket)
+  end
+  local flying = redis.call('HKEYS', overlap)
+  for _, id in ipairs(flying) do redis.call('HINCRBY', overlap, id, 1) end
+  redis.call('HSET', overlap, ticket, #flying)
+  redis.call('ZADD', leases, now + ttl, ticket)
+  redis.call('ZADD', tokens, now + in_flight_hold + hold, ticket)
+  touched = true
+  if bounded then redis.call('HINCRBY', bound, 'budget', -1) end
+  if interval > 0 then redis.call('SET', pace, tat + interval, 'PX', tat + interval - now) end
+  -- The next waiter of the same process takes its place in the queue now, and learns its wait.
+  if next_ticket ~= '' then
+    local next_ok, next_wait, next_flight, _, _, next_fits = unpack(evaluate(next_ticket, true))
+    if not next_ok then pass_on(next_fits) end
+    return {1, next_wait, next_flight}
+  end
+  return {1, 0, 0}
 end
 
-local ok, wait, flight, bounded, tat, fits = unpack(evaluate(ticket, queued))
-if not ok then
-  if not queued then evaluate(ticket, true) end
-  pass_on(fits)
-  return {0, wait, flight}
-end
-
-if queued then
-  redis.call('ZREM', queue, ticket)
-  redis.call('ZREM', seen, ticket)
-end
-local flying = redis.call('HKEYS', overlap)
-for _, id in ipairs(flying) do redis.call('HINCRBY', overlap, id, 1) end
-redis.call('HSET', overlap, ticket, #flying)
-redis.call('ZADD', leases, now + ttl, ticket)
-redis.call('ZADD', tokens, now + in_flight_hold + hold, ticket)
-if bounded then redis.call('HINCRBY', bound, 'budget', -1) end
-if interval > 0 then redis.call('SET', pace, tat + interval, 'PX', tat + interval - now) end
-for _, key in ipairs({leases, overlap, tokens}) do redis.call('PEXPIRE', key, key_ttl) end
--- The next waiter of the same process takes its place in the queue now, and learns its wait.
-if next_ticket ~= '' then
-  local next_ok, next_wait, next_flight, _, _, next_fits = unpack(evaluate(next_ticket, true))
-  if not next_ok then pass_on(next_fits) end
-  return {1, next_wait, next_flight}
-end
-return {1, 0, 0}
+local reply = acquire()
+refresh()
+return reply
 """,
 )
 
-# KEYS: leases overlap void tokens bound local queue seen wake
-# ARGV: 1 lease id, 2 sent ('0': never reached the server), 3 answered ('1': the server
-#       answered, 4 and 5 say what), 4 remaining (-1: not said), 5 resets in (ms, -1: not
-#       said), 6 period + margin, 7 margin of a reset time (whole-second headers), 8 linger
-#       (ms the slot stays taken), 9 limit,
-#       10 reset wait assumed when a Remaining came without one, 11 key ttl, 12 void ttl.
-# Returns 1 if the lease was in flight, 0 if not (never granted, or expired).
+# ARGV (after the shared 1-13): releases, from 14 on.
+# Returns how many of the leases were in flight.
 RELEASE = Script(
     "release",
-    _NOW
+    _SHARED
     + """
-local leases, overlap, void, tokens, bound, local_key, queue, seen, wake = unpack(KEYS)
-local lease, sent, answered = ARGV[1], ARGV[2] == '1', ARGV[3] == '1'
-local remaining, resets = tonumber(ARGV[4]), tonumber(ARGV[5])
-local hold, margin, linger = tonumber(ARGV[6]), tonumber(ARGV[7]), tonumber(ARGV[8])
-local limit, key_ttl = tonumber(ARGV[9]), tonumber(ARGV[11])
-local returns = now + hold
-local overlapped = redis.call('HGET', overlap, lease)
-if not overlapped then
-  -- (A granted ticket left the queue when it was granted.)
-  redis.call('ZREM', queue, lease)
-  redis.call('ZREM', seen, lease)
-  local held = redis.call('ZSCORE', tokens, lease)
-  if not held then
-    -- Never granted: a cancelled acquire. Should its script still be on its way, it must
-    -- not grant a lease that nobody holds.
-    redis.call('ZADD', void, now + tonumber(ARGV[12]), lease)
-    redis.call('PEXPIRE', void, tonumber(ARGV[12]))
-    return 0
-  end
-  -- Its lease expired (a hung worker): the slot is gone; an answer that came only now
-  -- counts a period from now.
-  if sent and tonumber(held) < returns then redis.call('ZADD', tokens, returns, lease) end
-  redis.call('ZREM', leases, lease)
-  return 0
-end
-redis.call('HDEL', overlap, lease)
--- Wake the waiter (of any process) blocked longest on `wake`: a slot, or a probe, is free.
-redis.call('LPUSH', wake, 1)
-redis.call('LTRIM', wake, 0, 3)
-redis.call('PEXPIRE', wake, key_ttl)
-if not sent then
-  redis.call('ZREM', leases, lease)
-  redis.call('ZREM', tokens, lease)
-  -- Nothing was sent, so the bound gets its start back.
-  if redis.call('EXISTS', bound) == 1 then redis.call('HINCRBY', bound, 'budget', 1) end
-  return 1
-end
-redis.call('ZADD', tokens, returns, lease)
-if linger > 0 then
-  redis.call('ZADD', leases, now + linger, lease)
-else
-  redis.call('ZREM', leases, lease)
-end
-for _, key in ipairs({leases, overlap, tokens}) do redis.call('PEXPIRE', key, key_ttl) end
-if not answered then return 1 end
-
-if remaining < 0 then
-  -- No Remaining: with no reset time either the server says nothing, and the tokens decide.
-  if resets < 0 then
-    redis.call('SET', local_key, '1', 'PX', key_ttl)
-  else
-    redis.call('DEL', local_key)
-  end
-  return 1
-end
-redis.call('ZREMRANGEBYSCORE', tokens, '-inf', now)
-if remaining >= limit - redis.call('ZCARD', tokens) then
-  -- Our tokens account for all the server counts: a bound would count them twice.
-  redis.call('SET', local_key, '1', 'PX', key_ttl)
-  redis.call('DEL', bound)
-  return 1
-end
-redis.call('DEL', local_key)
-if resets < 0 then resets = tonumber(ARGV[10]) end
-local budget = remaining - tonumber(overlapped)
-local untl = now + resets + margin
-local b = redis.call('HMGET', bound, 'budget', 'until')
-if b[1] and tonumber(b[2]) > now and tonumber(b[1]) > budget then
-  redis.call('HSET', bound, 'reported', remaining)  -- the bound in force leaves more: keep it
-else
-  redis.call('HSET', bound, 'budget', budget, 'until', untl, 'reported', remaining)
-  redis.call('PEXPIRE', bound, math.max(1, untl - now))
-end
-return 1
+local n = release_all(SHARED_ARGS + 1)
+refresh()
+return n
 """,
 )
 
