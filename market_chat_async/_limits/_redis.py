@@ -61,6 +61,7 @@ import collections
 import contextlib
 import heapq
 import itertools
+import json
 import logging
 import math
 import uuid
@@ -77,6 +78,7 @@ from ._quota import Answer, Lease, Limiter, Quota, QuotaState
 from ._redis_scripts import (
     ACQUIRE,
     CABINET_KEYS,
+    GRANT_BASE,
     KEYS,
     RELEASE,
     RENEW,
@@ -114,6 +116,19 @@ T = TypeVar("T")
 def _ms(seconds: float) -> int:
     """Seconds as whole milliseconds, rounded up: a wait or a hold is never cut short."""
     return math.ceil(seconds * 1000)
+
+
+def _grant_of(reply: int) -> tuple[int, int, int]:
+    """ACQUIRE's reply unpacked: granted (1), wait (0) or void (-1); ms; flight.
+
+    >>> _grant_of((250 * 2 + 1) * GRANT_BASE + 0 + 1)
+    (0, 250, 1)
+    >>> _grant_of(1 * GRANT_BASE + 1 + 1)
+    (1, 0, 1)
+    """
+    rest, granted = divmod(int(reply), GRANT_BASE)
+    ms, flight = divmod(rest, 2)
+    return granted - 1, ms, flight
 
 
 def _safe_url(url: str) -> str:
@@ -236,6 +251,8 @@ class RedisLimiters:
 
     async def flush(self) -> None:
         """Wait until every release on its way has reached Redis (or been given up on)."""
+        for limiter in list(self._limiters.values()):
+            await limiter.settled()
         while self._background:
             await asyncio.wait(set(self._background))
 
@@ -257,7 +274,7 @@ class RedisLimiters:
 
     # -- for the cabinets' limiters --------------------------------------------------------
 
-    async def run(self, script: Script, keys: list[str], args: list[Any]) -> Any:
+    async def run(self, script: Script, keys: list[Any], args: list[Any]) -> Any:
         """Run one script, retrying for up to :data:`BLIP` seconds while Redis cannot be
         reached; then :class:`LimiterUnavailableError`."""
         from redis.exceptions import NoScriptError
@@ -321,9 +338,13 @@ class RedisLimiters:
             self._renewer = asyncio.ensure_future(self._renew_forever())
 
     async def _renew_forever(self) -> None:
+        # It ends when a tick finds nothing in flight (not as each request ends: a process
+        # making request after request would start it anew every time).
         loop = asyncio.get_running_loop()
-        while any(limiter.in_flight for limiter in self._limiters.values()):
+        while True:
             await asyncio.sleep(self.lease_ttl / 8)
+            if not any(limiter.in_flight for limiter in self._limiters.values()):
+                return
             due = [limiter.renew(loop.time()) for limiter in list(self._limiters.values())]
             await asyncio.gather(*due, return_exceptions=True)
 
@@ -404,15 +425,16 @@ class _Resource:
         self.quota = quota
         keys = {n: f"{base}{n}" for n in CABINET_KEYS}
         keys.update({n: f"{base}{name}:{n}" for n in RESOURCE_KEYS})
-        self.keys = [keys[n] for n in KEYS]  # of ACQUIRE and RELEASE
+        # Of ACQUIRE and RELEASE; encoded once (the client would encode them on every call).
+        self.keys = [keys[n].encode() for n in KEYS]
         self.wake_key = keys["wake"]
         self.state_keys = [keys[n] for n in ("leases", "overlap", "tokens", "bound")]
         hold = quota.period + quota.effective_margin
         in_flight_hold = max(shared.lease_ttl, shared.exchange_timeout)
         interval = quota.pace_interval
         self.hold_ms = _ms(hold)
-        # The ARGV both ACQUIRE and RELEASE start with (SHARED_ARGS of them).
-        self.constants: list[Any] = [
+        # The first ARGV of both ACQUIRE and RELEASE.
+        constants = [
             quota.limit,
             shared.max_parallel,
             self.hold_ms,
@@ -427,24 +449,20 @@ class _Resource:
             _ms(min(quota.period, UNKNOWN_RESET_WAIT)),
             _ms(VOID_TTL),
         ]
+        self.constants = json.dumps(constants).encode()
         self.head = asyncio.Lock()  # FIFO: only its holder asks Redis
         self.waiting = 0  # acquire() calls of this resource under way in this process
         # A ticket queued in Redis for the next head by the last grant: (id, wait ms, flight).
         self.queued: tuple[str, int, int] | None = None
-        # Releases not yet taken by a script call: the next ACQUIRE of this resource carries
-        # them, or, failing that, the background sends them (on the loop's next turn).
-        self.pending: list[_Release] = []
+        # Releases (JSON) no script call has taken yet: the next ACQUIRE of this resource
+        # carries them, or, failing that, they are sent on the loop's next turn.
+        self.pending: list[str] = []
 
-
-class _Release:
-    """A release on its way: its RELEASE_ARGS arguments, and the future of the script call
-    that carries it (None until one takes it; True once that call ran, False if it failed)."""
-
-    __slots__ = ("args", "carrier")
-
-    def __init__(self, args: list[Any]) -> None:
-        self.args = args
-        self.carrier: asyncio.Future[bool] | None = None
+    def take(self) -> str:
+        """The pending releases as the scripts take them (a JSON list); none pending after."""
+        releases = f"[{','.join(self.pending)}]"
+        self.pending = []
+        return releases
 
 
 class _RedisLimiter:
@@ -458,7 +476,7 @@ class _RedisLimiter:
             name: _Resource(shared, base, name, quota) for name, quota in shared.quotas.items()
         }
         self._renew_keys = [f"{base}leases", f"{base}overlap"] + [
-            r.keys[KEYS.index("tokens")] for r in self._resources.values()
+            f"{base}{name}:tokens" for name in self._resources
         ]
         self._renew_index = {name: i + 3 for i, name in enumerate(self._resources)}
         self._cap = AdaptiveCap(shared.max_parallel)
@@ -466,7 +484,8 @@ class _RedisLimiter:
         self.in_flight: set[_RedisLease] = set()
         self._lingering: list[float] = []  # loop times abandoned requests' slots free (a heap)
         self._wakers: set[asyncio.Event] = set()
-        self._releasing: set[asyncio.Task[None]] = set()
+        # Releases on their way: tasks sending them, and the ACQUIRE calls carrying them.
+        self._releasing: set[asyncio.Future[None]] = set()
 
     @property
     def cap(self) -> int:
@@ -571,31 +590,32 @@ class _RedisLimiter:
                     continue
                 # With others waiting behind, the grant queues the next one's ticket too.
                 following = shared.new_id() if res.waiting > 1 else ""
-                args = [
-                    *res.constants,
-                    lease.id,
-                    max(1, _ms(self._latency.slowest())),
-                    following,
-                    woken,
-                ]
+                expected = max(1, _ms(self._latency.slowest()))
                 # This process's releases of the resource still on their way go along, so a
                 # request after a request costs one script call.
-                shared.calls["carried"] += len(res.pending)
-                carrier = self._carry(res, args)
+                releases, carrier = "[]", None
+                if res.pending:
+                    shared.calls["carried"] += len(res.pending)
+                    releases = res.take()
+                    carrier = loop.create_future()
+                    self._track(carrier)
+                own = f'["{lease.id}",{expected},"{following}",{woken},{releases}]'
                 try:
-                    granted, wait_ms, flight = await shared.run(ACQUIRE, res.keys, args)
+                    reply = await shared.run(ACQUIRE, res.keys, [res.constants, own])
                 except BaseException:
-                    if carrier is not None:  # they are sent by themselves
-                        carrier.set_result(False)
+                    if carrier is not None:  # they go by themselves (twice is harmless)
+                        self._send_soon(res, releases)
+                        carrier.set_result(None)
                     raise
                 if carrier is not None:
-                    carrier.set_result(True)
+                    carrier.set_result(None)
+                granted, wait_ms, flight = _grant_of(reply)
                 if granted == 1:
                     lease.granted_at = lease.renewed_at = loop.time()
                     self.in_flight.add(lease)
                     shared.leases_granted()
                     if following:
-                        res.queued = (following, int(wait_ms), int(flight))
+                        res.queued = (following, wait_ms, flight)
                     return
                 shared.calls["waited"] += 1
                 if granted == -1:  # cannot happen for a live waiter; never spin on it
@@ -638,40 +658,30 @@ class _RedisLimiter:
         # On its way, not waited for: the caller has its answer, and this process's next
         # request overlaps the round trip (or carries it). `state`, `flush` and `close` wait.
         res = self._resources[lease.resource]
-        release = _Release(self._release_args(lease, answer, sent=sent, linger=linger))
-        res.pending.append(release)
-        task = self._shared.in_background(self._deliver(res, release))
-        self._releasing.add(task)
-        task.add_done_callback(self._released)
+        if not res.pending:
+            loop.call_soon(self._send_pending, res)
+        res.pending.append(self._release_args(lease, answer, sent=sent, linger=linger))
 
-    def _released(self, task: asyncio.Task[None]) -> None:
-        self._releasing.discard(task)
+    def _track(self, releasing: asyncio.Future[None]) -> None:
+        """Note a task sending releases, or an ACQUIRE call carrying them, until it ends."""
+        self._releasing.add(releasing)
+        releasing.add_done_callback(self._released)
+
+    def _released(self, releasing: asyncio.Future[None]) -> None:
+        self._releasing.discard(releasing)
         self._wake()  # a slot, a probe or a bound changed in Redis: this process's heads look
 
-    def _carry(self, res: _Resource, args: list[Any]) -> asyncio.Future[bool] | None:
-        """Take the resource's pending releases into ``args``; the future their carrier
-        settles (None if there were none)."""
-        if not res.pending:
-            return None
-        carrier = asyncio.get_running_loop().create_future()
-        for release in res.pending:
-            release.carrier = carrier
-            args += release.args
-        res.pending = []
-        return carrier
+    def _send_pending(self, res: _Resource) -> None:
+        """Send the releases no ACQUIRE took (one script call for all of them)."""
+        if res.pending:
+            self._send_soon(res, res.take())
 
-    async def _deliver(self, res: _Resource, release: _Release) -> None:
-        """Get ``release`` applied: carried by an acquire, or sent with the resource's other
-        pending releases, or (when the acquire carrying it failed) sent by itself. Never
-        raises: if Redis stays away, it is retried in the background (meanwhile the lease
-        expires by itself)."""
-        if release.carrier is None:  # no acquire took it: send it with the others pending
-            args = list(res.constants)
-            carrier = self._carry(res, args)
-        elif await release.carrier:
-            return
-        else:  # the acquire carrying it failed or was cancelled; applying it twice is harmless
-            args, carrier = [*res.constants, *release.args], None
+    def _send_soon(self, res: _Resource, releases: str) -> None:
+        self._track(self._shared.in_background(self._send(res, releases)))
+
+    async def _send(self, res: _Resource, releases: str) -> None:
+        """Send releases; if Redis stays away, keep trying in the background (never raise)."""
+        args = [res.constants, releases]
         try:
             await self._shared.run(RELEASE, res.keys, args)
         except LimiterUnavailableError as exc:
@@ -682,9 +692,14 @@ class _RedisLimiter:
                 self._shared.lease_ttl,
             )
             self._shared.retry_later(self._release_later(res, args))
-        finally:
-            if carrier is not None:  # sent (or being retried) with this one: nothing more to do
-                carrier.set_result(True)
+
+    async def settled(self) -> None:
+        """Until every release given back so far has reached Redis (or been handed to the
+        background retries)."""
+        for res in self._resources.values():
+            self._send_pending(res)
+        while self._releasing:
+            await asyncio.wait(set(self._releasing))
 
     async def _release_later(self, res: _Resource, args: list[Any]) -> None:
         # Until the token would have returned anyway, there is a point in telling Redis.
@@ -698,28 +713,23 @@ class _RedisLimiter:
 
     def _release_args(
         self, lease: _RedisLease, answer: Answer | None, *, sent: bool, linger: float
-    ) -> list[Any]:
-        """The RELEASE_ARGS arguments of one release."""
+    ) -> str:
+        """One release as the scripts take it (JSON)."""
         remaining = -1
         resets = -1
         if answer is not None:
             remaining = -1 if answer.remaining is None else max(0, answer.remaining)
             resets = -1 if answer.resets_in is None else _ms(max(0.0, answer.resets_in))
-        return [
-            lease.id,
-            1 if sent else 0,
-            1 if answer is not None else 0,
-            remaining,
-            resets,
-            max(0, _ms(linger)),
-        ]
+        sent_json = "true" if sent else "false"
+        answered = "false" if answer is None else "true"
+        return f'["{lease.id}",{sent_json},{answered},{remaining},{resets},{max(0, _ms(linger))}]'
 
     async def _give_back_quietly(self, lease: _RedisLease) -> None:
         """Give back a ticket (or a lease) the caller never got: at once, by itself."""
         res = self._resources[lease.resource]
         args = self._release_args(lease, None, sent=False, linger=0.0)
         with contextlib.suppress(LimiterUnavailableError):
-            await self._shared.run(RELEASE, res.keys, [*res.constants, *args])
+            await self._shared.run(RELEASE, res.keys, [res.constants, f"[{args}]"])
 
     async def renew(self, now: float) -> None:
         """Renew the leases of this process's requests that have been in flight a while."""
@@ -752,8 +762,7 @@ class _RedisLimiter:
         shared = self._shared
         if shared.resting():
             return await shared.local(self.business_id).state(resource)
-        if self._releasing:  # this process's releases first: it reads what it wrote
-            await asyncio.wait(set(self._releasing))
+        await self.settled()  # this process's releases first: it reads what it wrote
         try:
             in_flight, _taken, used, budget, left, reported, frees = await shared.run(
                 STATE, res.state_keys, [res.hold_ms]

@@ -13,12 +13,11 @@ import hashlib
 __all__ = [
     "ACQUIRE",
     "CABINET_KEYS",
+    "GRANT_BASE",
     "KEYS",
     "RELEASE",
-    "RELEASE_ARGS",
     "RENEW",
     "RESOURCE_KEYS",
-    "SHARED_ARGS",
     "STATE",
     "Script",
 ]
@@ -28,21 +27,17 @@ CABINET_KEYS = ("leases", "overlap", "void", "wake")
 RESOURCE_KEYS = ("tokens", "bound", "local", "pace", "queue", "seen")
 # The KEYS of ACQUIRE and RELEASE, in order.
 KEYS = ("leases", "overlap", "void", "tokens", "bound", "local", "pace", "queue", "seen", "wake")
-SHARED_ARGS = 13  # ARGV both take first: the resource's constants
-RELEASE_ARGS = 6  # ARGV per release
+# What a reply of ACQUIRE packs into one integer: (wait * 2 + flight) * 4 + granted + 1.
+GRANT_BASE = 4
 
 
 class Script:
-    """A Lua script and its SHA1, run with EVALSHA (EVAL when the server has not cached it).
-
-    ``SHARED_ARGS`` and ``RELEASE_ARGS`` in the source are those numbers."""
+    """A Lua script and its SHA1, run with EVALSHA (EVAL when the server has not cached it)."""
 
     __slots__ = ("name", "sha", "source")
 
     def __init__(self, name: str, source: str) -> None:
         self.name = name
-        for constant in ("SHARED_ARGS", "RELEASE_ARGS"):
-            source = source.replace(constant, str(globals()[constant]))
         self.source = source
         self.sha = hashlib.sha1(source.encode()).hexdigest()  # Redis names a script by its SHA1
 
@@ -55,29 +50,26 @@ local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 """
 
-# What ACQUIRE and RELEASE share: the clock, the keys, the resource's constants (the same
-# ARGV 1-13 for both, built once per resource by the client), and the one release rule.
+# What ACQUIRE and RELEASE share: the clock, the keys, the resource's constants, and the one
+# release rule. Arguments come as JSON (two ARGV, however many releases ride along: packing
+# and parsing each ARGV costs the client more than Redis takes to decode them).
 #
 # KEYS: as in KEYS.
-# ARGV: 1 limit, 2 max_parallel, 3 period + margin, 4 lease ttl, 5 token hold while in flight
-#       (at least the ttl: the longest exchange), 6 key ttl, 7 pace interval (0: no pacing),
-#       8 pace tolerance, 9 ms a ticket may be late back before it is dropped (its waiter
-#       died), 10 the longest wait a waiter sleeps before asking again, 11 margin of a reset
-#       time (whole-second headers), 12 reset wait assumed when a Remaining came without one,
-#       13 how long a ticket given back stays void;
-#       then the script's own ARGV, then releases, RELEASE_ARGS each: lease id, sent ('0':
-#       never reached the server), answered ('1': the server answered, the next two say
-#       what), remaining (-1: not said), resets in (ms, -1: not said), linger (ms the slot
-#       stays taken).
+# ARGV[1]: the resource's constants, the same for both scripts (the client encodes them once):
+#   [limit, max_parallel, period + margin, lease ttl, token hold while in flight (at least the
+#   ttl: the longest exchange), key ttl, pace interval (0: no pacing), pace tolerance, ms a
+#   ticket may be late back before it is dropped (its waiter died), the longest wait a waiter
+#   sleeps before asking again, margin of a reset time (whole-second headers), reset wait
+#   assumed when a Remaining came without one, how long a ticket given back stays void].
+# A release: [lease id, sent (false: never reached the server), answered (true: the server
+#   answered, the next two say what), remaining (-1: not said), resets in (ms, -1: not said),
+#   linger (ms the slot stays taken)].
 _SHARED = (
     _NOW
     + """
 local leases, overlap, void, tokens, bound, local_key, pace, queue, seen, wake = unpack(KEYS)
-local limit, max_parallel, hold = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
-local ttl, in_flight_hold, key_ttl = tonumber(ARGV[4]), tonumber(ARGV[5]), tonumber(ARGV[6])
-local interval, tolerance, stale = tonumber(ARGV[7]), tonumber(ARGV[8]), tonumber(ARGV[9])
-local longest, margin, reset_wait = tonumber(ARGV[10]), tonumber(ARGV[11]), tonumber(ARGV[12])
-local void_ttl = tonumber(ARGV[13])
+local limit, max_parallel, hold, ttl, in_flight_hold, key_ttl, interval, tolerance, stale,
+  longest, margin, reset_wait, void_ttl = unpack(cjson.decode(ARGV[1]))
 
 -- Tokens returned by `now` leave once per call; `leases`, `overlap` and `tokens`, if
 -- written, have their expiry refreshed once, as the call ends.
@@ -95,12 +87,12 @@ local function refresh()
 end
 
 -- One item on the cabinet's `wake` list wakes the waiter (of any process) blocked longest.
+-- (Four at most: with nobody blocked on it, one is as good as many.)
 local function push_wake(item)
-  local n = redis.call('LPUSH', wake, item)
-  if n == 1 then
-    redis.call('PEXPIRE', wake, key_ttl)
-  elseif n > 4 then
-    redis.call('LTRIM', wake, 0, 3)
+  local n = redis.call('LLEN', wake)
+  if n < 4 then
+    redis.call('LPUSH', wake, item)
+    if n == 0 then redis.call('PEXPIRE', wake, key_ttl) end
   end
 end
 
@@ -179,38 +171,38 @@ local function release(lease, sent, answered, remaining, resets, linger)
   return 1
 end
 
--- The releases from ARGV[first] on; how many were in flight.
-local function release_all(first)
+-- A list of releases; how many were in flight.
+local function release_all(releases)
   local n = 0
-  for i = first, #ARGV, RELEASE_ARGS do
-    n = n + release(ARGV[i], ARGV[i + 1] == '1', ARGV[i + 2] == '1', tonumber(ARGV[i + 3]),
-      tonumber(ARGV[i + 4]), tonumber(ARGV[i + 5]))
-  end
+  for _, r in ipairs(releases) do n = n + release(unpack(r)) end
   return n
 end
 """
 )
 
-# ARGV (after the shared 1-13): 14 ticket (the lease id, chosen by the client), 15 ms a request
-#       is expected to take at most (the slowest recent answer this process saw: for the wait
-#       hint), 16 the ticket of the next waiter in this process ('': none), queued if this one
-#       is granted (the reply's wait and flight are then its), 17 the item of `wake` that woke
-#       the waiter ('0': none): how many waiters it has woken, passed on (up to 3) if others
-#       may start and this one may not; from 18 on, releases of the same resource this process
-#       has on their way, applied first (as if sent just before).
-# Returns {1, ms, flight} granted (ms and flight: the next ticket's, as below); {0, ms, flight}:
-# wait about that long and ask again (blocked on `wake` when flight is 1: a request ending
-# helps); {-1, 0, 0} void (the ticket was given back before this ran).
+# ARGV[2]: [ticket (the lease id, chosen by the client), ms a request is expected to take at
+#   most (the slowest recent answer this process saw: for the wait hint), the ticket of the
+#   next waiter in this process ('': none), queued if this one is granted (the reply's wait
+#   and flight are then its), the item of `wake` that woke the waiter (0: none): how many
+#   waiters it has woken, passed on (up to 3) if others may start and this one may not,
+#   [releases of the same resource this process has on their way, applied first (as if sent
+#   just before)]].
+# Returns granted (1), wait (0: wait about `ms` and ask again, blocked on `wake` when `flight`
+# is 1: a request ending helps) or void (-1: the ticket was given back before this ran), with
+# `ms` and `flight` (when granted: the next ticket's), packed as
+# (ms * 2 + flight) * GRANT_BASE + granted + 1.
 ACQUIRE = Script(
     "acquire",
     _SHARED
     + """
-local ticket, expected = ARGV[14], tonumber(ARGV[15])
-local next_ticket, woken = ARGV[16], tonumber(ARGV[17])
+local ticket, expected, next_ticket, woken, releases = unpack(cjson.decode(ARGV[2]))
+local function reply(granted, ms, flight)
+  return (ms * 2 + flight) * GRANT_BASE + granted + 1
+end
 
 -- A reply lost on the way back and the call retried: it was granted already (and the releases
 -- it carried were applied then).
-if redis.call('HEXISTS', overlap, ticket) == 1 then return {1, 0, 0} end
+if redis.call('HEXISTS', overlap, ticket) == 1 then return reply(1, 0, 0) end
 
 -- Leases past their expiry: their workers died or hung. The slot frees now; the token was
 -- set to return a period after the latest moment the server could count the request.
@@ -220,7 +212,7 @@ if #expired > 0 then
   redis.call('ZREMRANGEBYSCORE', leases, '-inf', now)
 end
 purge_tokens()
-release_all(SHARED_ARGS + 5)
+release_all(releases)
 
 -- First come, first served: this ticket's place among the waiters that are still asking.
 local queued = redis.call('ZCARD', queue) > 0
@@ -322,12 +314,12 @@ end
 
 local function acquire()
   local given_back = redis.call('ZSCORE', void, ticket)
-  if given_back and tonumber(given_back) > now then return {-1, 0, 0} end
+  if given_back and tonumber(given_back) > now then return reply(-1, 0, 0) end
   local ok, wait, flight, bounded, tat, fits = unpack(evaluate(ticket, queued))
   if not ok then
     if not queued then evaluate(ticket, true) end
     pass_on(fits)
-    return {0, wait, flight}
+    return reply(0, wait, flight)
   end
 
   if queued then
@@ -346,24 +338,23 @@ local function acquire()
   if next_ticket ~= '' then
     local next_ok, next_wait, next_flight, _, _, next_fits = unpack(evaluate(next_ticket, true))
     if not next_ok then pass_on(next_fits) end
-    return {1, next_wait, next_flight}
+    return reply(1, next_wait, next_flight)
   end
-  return {1, 0, 0}
+  return reply(1, 0, 0)
 end
 
-local reply = acquire()
+local granted = acquire()
 refresh()
-return reply
-""",
+return granted
+""".replace("GRANT_BASE", str(GRANT_BASE)),
 )
 
-# ARGV (after the shared 1-13): releases, from 14 on.
-# Returns how many of the leases were in flight.
+# ARGV[2]: [releases]. Returns how many of the leases were in flight.
 RELEASE = Script(
     "release",
     _SHARED
     + """
-local n = release_all(SHARED_ARGS + 1)
+local n = release_all(cjson.decode(ARGV[2]))
 refresh()
 return n
 """,
