@@ -76,7 +76,7 @@ async def fleet(url: str, redis_url: str, seconds: float, worker: int) -> None:
                     await lease.release()
 
         await limiter.state(OPERATION)  # connected: the clock starts on "go"
-        before = limits.calls.copy()
+        before, scripts_before = limits.calls.copy(), limits.script_calls
         print("ready", flush=True)
         await asyncio.get_running_loop().run_in_executor(None, sys.stdin.readline)
         tasks = [asyncio.ensure_future(one()) for _ in range(8)]
@@ -85,11 +85,12 @@ async def fleet(url: str, redis_url: str, seconds: float, worker: int) -> None:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
         calls = limits.calls - before
+        script_calls = limits.script_calls - scripts_before
     await limits.close()
     report = {
         "statuses": dict(statuses),
         "failed": failed,
-        "script_calls": sum(n for name, n in calls.items() if name != "waited"),
+        "script_calls": script_calls,
         "calls": dict(calls),
     }
     print(json.dumps(report), flush=True)

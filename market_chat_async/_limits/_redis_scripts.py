@@ -80,6 +80,33 @@ local function purge_tokens()
     purged = true
   end
 end
+
+-- What this call has read or written already, so that it is not read again: the tokens held
+-- (once purged), `overlap` (lease id in flight -> requests in flight at some moment during
+-- it), and whether a release of this call removed the bound or set `local`.
+local used, flying = nil, nil
+local bound_gone, local_set = false, false
+local function count_tokens()
+  purge_tokens()
+  if not used then used = redis.call('ZCARD', tokens) end
+  return used
+end
+local function add_token(at, id)
+  local added = redis.call('ZADD', tokens, at, id)
+  if used then used = used + added end
+end
+local function overlaps()
+  if not flying then
+    flying = {}
+    local all = redis.call('HGETALL', overlap)
+    for i = 1, #all, 2 do flying[all[i]] = tonumber(all[i + 1]) end
+  end
+  return flying
+end
+local function landed(id)  -- no longer in flight
+  redis.call('HDEL', overlap, id)
+  overlaps()[id] = nil
+end
 local function refresh()
   if touched then
     for _, key in ipairs({leases, overlap, tokens}) do redis.call('PEXPIRE', key, key_ttl) end
@@ -103,7 +130,7 @@ end
 -- never sooner.
 local function release(lease, sent, answered, remaining, resets, linger)
   local returns = now + hold
-  local overlapped = redis.call('HGET', overlap, lease)
+  local overlapped = overlaps()[lease]
   if not overlapped then
     -- (A granted ticket left the queue when it was granted.)
     redis.call('ZREM', queue, lease)
@@ -120,19 +147,21 @@ local function release(lease, sent, answered, remaining, resets, linger)
     -- Its lease expired (a hung worker; the slot is gone with it): an answer that came only
     -- now counts a period from now. (A lease in `leases` but not in flight is lingering,
     -- released already: it stays until its linger ends.)
-    if sent and tonumber(held) < returns then redis.call('ZADD', tokens, returns, lease) end
+    if sent and tonumber(held) < returns then add_token(returns, lease) end
     return 0
   end
-  redis.call('HDEL', overlap, lease)
+  landed(lease)
   push_wake(1)  -- a slot, or a probe, is free
   if not sent then
     redis.call('ZREM', leases, lease)
-    redis.call('ZREM', tokens, lease)
+    if used then used = used - redis.call('ZREM', tokens, lease) else
+      redis.call('ZREM', tokens, lease)
+    end
     -- Nothing was sent, so the bound gets its start back.
     if redis.call('EXISTS', bound) == 1 then redis.call('HINCRBY', bound, 'budget', 1) end
     return 1
   end
-  redis.call('ZADD', tokens, returns, lease)
+  add_token(returns, lease)
   if linger > 0 then
     redis.call('ZADD', leases, now + linger, lease)
   else
@@ -148,16 +177,18 @@ local function release(lease, sent, answered, remaining, resets, linger)
     else
       redis.call('DEL', local_key)
     end
+    local_set = resets < 0
     return 1
   end
-  purge_tokens()
-  if remaining >= limit - redis.call('ZCARD', tokens) then
+  if remaining >= limit - count_tokens() then
     -- Our tokens account for all the server counts: a bound would count them twice.
     redis.call('SET', local_key, '1', 'PX', key_ttl)
     redis.call('DEL', bound)
+    local_set, bound_gone = true, true
     return 1
   end
   redis.call('DEL', local_key)
+  local_set, bound_gone = false, false
   if resets < 0 then resets = reset_wait end
   local budget = remaining - tonumber(overlapped)
   local untl = now + resets + margin
@@ -202,13 +233,13 @@ end
 
 -- A reply lost on the way back and the call retried: it was granted already (and the releases
 -- it carried were applied then).
-if redis.call('HEXISTS', overlap, ticket) == 1 then return reply(1, 0, 0) end
+if overlaps()[ticket] then return reply(1, 0, 0) end
 
 -- Leases past their expiry: their workers died or hung. The slot frees now; the token was
 -- set to return a period after the latest moment the server could count the request.
 local expired = redis.call('ZRANGEBYSCORE', leases, '-inf', now)
 if #expired > 0 then
-  for _, id in ipairs(expired) do redis.call('HDEL', overlap, id) end
+  for _, id in ipairs(expired) do landed(id) end
   redis.call('ZREMRANGEBYSCORE', leases, '-inf', now)
 end
 purge_tokens()
@@ -254,15 +285,14 @@ local function evaluate(id, enqueue)
     local times = {}
     for i = 1, #taken, 2 do
       local at = tonumber(taken[i + 1])
-      if redis.call('HEXISTS', overlap, taken[i]) == 1 then at = at - ttl + expected end
+      if overlaps()[taken[i]] then at = at - ttl + expected end
       times[#times + 1] = at
     end
     table.sort(times)
     local at = times[rank - slots + 1]
     limit_to(slots, at and at > now and at - now or expected / max_parallel, true)
   end
-  local used = redis.call('ZCARD', tokens)
-  local free = limit - used
+  local free = limit - count_tokens()
   if free <= rank then
     local nth = redis.call('ZRANGE', tokens, rank - free, rank - free, 'WITHSCORES')
     local ms = tonumber(nth[2]) - now
@@ -270,17 +300,17 @@ local function evaluate(id, enqueue)
     if ms > hold then ms = hold end
     limit_to(free, ms)
   end
-  local b = redis.call('HMGET', bound, 'budget', 'until')
+  local b = bound_gone and {} or redis.call('HMGET', bound, 'budget', 'until')
   local bounded = b[1] and tonumber(b[2]) > now
   if bounded then
     limit_to(tonumber(b[1]), tonumber(b[2]) - now)
-  elseif redis.call('GET', local_key) ~= '1' then
+  elseif not local_set and redis.call('GET', local_key) ~= '1' then
     -- Nothing known of the server's count: one request of the resource probes first.
     -- (A token held past a period from now is a request in flight, or one whose lease expired.)
     local flying, at = 0, math.huge
     for _, id in ipairs(redis.call('ZRANGEBYSCORE', tokens, '(' .. (now + hold), '+inf')) do
       local expiry = redis.call('ZSCORE', leases, id)
-      if expiry and redis.call('HEXISTS', overlap, id) == 1 then
+      if expiry and overlaps()[id] then
         flying = flying + 1
         at = math.min(at, tonumber(expiry) - ttl + expected)
       end
@@ -326,11 +356,16 @@ local function acquire()
     redis.call('ZREM', queue, ticket)
     redis.call('ZREM', seen, ticket)
   end
-  local flying = redis.call('HKEYS', overlap)
-  for _, id in ipairs(flying) do redis.call('HINCRBY', overlap, id, 1) end
-  redis.call('HSET', overlap, ticket, #flying)
+  local others = 0
+  for id, n in pairs(overlaps()) do
+    redis.call('HINCRBY', overlap, id, 1)
+    flying[id] = n + 1
+    others = others + 1
+  end
+  redis.call('HSET', overlap, ticket, others)
+  flying[ticket] = others
   redis.call('ZADD', leases, now + ttl, ticket)
-  redis.call('ZADD', tokens, now + in_flight_hold + hold, ticket)
+  add_token(now + in_flight_hold + hold, ticket)
   touched = true
   if bounded then redis.call('HINCRBY', bound, 'budget', -1) end
   if interval > 0 then redis.call('SET', pace, tat + interval, 'PX', tat + interval - now) end
