@@ -9,8 +9,6 @@ from __future__ import annotations
 import math
 from collections import deque
 
-import attrs
-
 from ._quota import Answer, Quota
 
 __all__ = ["ResourceLedger"]
@@ -20,14 +18,16 @@ __all__ = ["ResourceLedger"]
 UNKNOWN_RESET_WAIT = 60.0
 
 
-@attrs.define
 class _ServerBound:
     """``budget`` more starts are safe, less those started since ``starts``, until ``until``."""
 
-    budget: int
-    starts: int
-    until: float
-    reported: int
+    __slots__ = ("budget", "reported", "starts", "until")
+
+    def __init__(self, budget: int, starts: int, until: float, reported: int) -> None:
+        self.budget = budget
+        self.starts = starts
+        self.until = until
+        self.reported = reported
 
 
 class ResourceLedger:
@@ -39,10 +39,22 @@ class ResourceLedger:
     (1, 2)
     """
 
-    __slots__ = ("_bound", "_local_suffices", "_returns", "_starts", "_tat", "in_flight", "quota")
+    __slots__ = (
+        "_bound",
+        "_hold",
+        "_limit",
+        "_local_suffices",
+        "_returns",
+        "_starts",
+        "_tat",
+        "in_flight",
+        "quota",
+    )
 
     def __init__(self, quota: Quota) -> None:
         self.quota = quota
+        self._limit = quota.limit
+        self._hold = quota.period + quota.effective_margin  # how long a spent token stays out
         self.in_flight = 0
         self._returns: deque[float] = deque()  # when finished requests' tokens come back
         self._starts = 0
@@ -52,10 +64,11 @@ class ResourceLedger:
         self._tat = -math.inf  # pacing: when the next request is due (GCRA)
 
     def _expire(self, now: float) -> None:
-        returns = self._returns
-        while returns and returns[0] <= now:
-            returns.popleft()
-        if self._bound is not None and self._bound.until <= now:
+        returns, bound = self._returns, self._bound
+        if returns and returns[0] <= now:
+            while returns and returns[0] <= now:
+                returns.popleft()
+        if bound is not None and bound.until <= now:
             self._bound = None
 
     def _budget(self, bound: _ServerBound) -> int:
@@ -70,9 +83,9 @@ class ResourceLedger:
     def admissible(self, now: float) -> bool:
         """Whether one more request of this resource may start at ``now``."""
         self._expire(now)
-        if self.in_flight + len(self._returns) >= self.quota.limit:
+        if self.in_flight + len(self._returns) >= self._limit:
             return False
-        if self._pace_wait(now) > 0:
+        if self.quota.burst is not None and self._pace_wait(now) > 0:
             return False
         if self._bound is not None:
             return self._budget(self._bound) > 0
@@ -100,7 +113,7 @@ class ResourceLedger:
         """A request is over: its token returns a period from ``now`` unless it was never sent."""
         self.in_flight -= 1
         if sent:
-            self._returns.append(now + self.quota.period + self.quota.effective_margin)
+            self._returns.append(now + self._hold)
         else:
             self._starts -= 1  # never reached the server: no server bound needs to count it
 
@@ -113,7 +126,7 @@ class ResourceLedger:
             self._local_suffices = resets_in is None
             return
         self._expire(now)
-        if remaining >= self.quota.limit - self.in_flight - len(self._returns):
+        if remaining >= self._limit - self.in_flight - len(self._returns):
             # Our own tokens already account for everything the server counts: a bound would
             # count our own requests twice.
             self._local_suffices = True
@@ -121,15 +134,13 @@ class ResourceLedger:
             return
         self._local_suffices = False
         wait = resets_in if resets_in is not None else min(self.quota.period, UNKNOWN_RESET_WAIT)
-        fresh = _ServerBound(
-            budget=remaining - overlap,
-            starts=self._starts,
-            until=now + wait + self.quota.reset_margin,
-            reported=remaining,
-        )
+        budget, until = remaining - overlap, now + wait + self.quota.reset_margin
         current = self._bound
-        if current is None or self._budget(fresh) >= self._budget(current):
-            self._bound = fresh
+        if current is None:
+            self._bound = _ServerBound(budget, self._starts, until, remaining)
+        elif budget >= self._budget(current):  # the fresher figure is as tight or looser
+            current.budget, current.starts, current.until = budget, self._starts, until
+            current.reported = remaining
         else:
             current.reported = remaining
 
