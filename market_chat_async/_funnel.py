@@ -18,6 +18,8 @@ from collections.abc import Callable, Mapping
 from typing import Protocol
 from urllib.parse import urljoin, urlsplit
 
+import attrs
+
 from ._errors import MalformedResponseError, MarketApiError, RateLimitError
 from ._limits import Lease, Limiter, Quota, limiter_for
 from ._protocol import ApiRequest, answer_for, error_from_response
@@ -127,17 +129,49 @@ class Funnel:
 
     async def call(self, request: ApiRequest) -> HttpResponse:
         """Send one logical request through limiter, retries and 420 handling."""
-        limiter = self.limits.limiter(request.business_id)
         endpoint = request.endpoint
+        limiter = self.limits.limiter(request.business_id)
+        # The API's own URL: credentials go with it (redirects elsewhere get none).
+        first = HttpRequest(
+            endpoint.method,
+            self._base_url[:-1] + request.path,
+            request.params,
+            self._auth_headers,
+            json=None if request.json is None else _encode(request.json),
+            file=request.file,
+        )
+        send = self._send_logged if logger.isEnabledFor(logging.DEBUG) else self.transport.send
         loop = asyncio.get_running_loop()
         deadline = None if self._max_wait is None else loop.time() + self._max_wait
-        body = None if request.json is None else _encode(request.json)
         failures = refusals = 0
         while True:
-            lease = await self._acquire(limiter, request, deadline)
-            outcome = await self._try(lease, request, body)
-            if isinstance(outcome, HttpResponse):
-                return outcome
+            if deadline is None:
+                lease = await limiter.acquire(endpoint.operation)
+            else:
+                lease = await self._acquire(limiter, request, deadline)
+            # One try under the lease: the 2xx answer, or the error it stands for (a value).
+            outcome: MarketApiError
+            try:
+                response = await send(first)
+                if response.status in _REDIRECTS:
+                    response = await self._follow(first, response)
+            except MalformedResponseError as exc:  # over the size cap: answered, but unreadable
+                await lease.release(answer_for(exc.status or 0, exc.headers, None))
+                raise self._secret.scrub(exc) from None
+            except MarketApiError as exc:
+                await lease.release(sent=getattr(exc, "sent", True))
+                outcome = self._secret.scrub(exc)
+            except BaseException:
+                await asyncio.shield(lease.release())  # abandoned in flight: may have been sent
+                raise
+            else:
+                status, headers = response.status, response.headers
+                if 200 <= status < 300:
+                    await lease.release(answer_for(status, headers, None))
+                    return response
+                outcome = error_from_response(status, headers, response.body)
+                await lease.release(answer_for(status, headers, outcome))
+                outcome = self._secret.scrub(outcome)
             if isinstance(outcome, RateLimitError) and outcome.reason == "parallel":
                 refusals += 1
             elif not isinstance(outcome, RateLimitError):
@@ -165,56 +199,39 @@ class Funnel:
             )
             await asyncio.sleep(decision.delay)
 
-    async def _try(
-        self, lease: Lease, request: ApiRequest, body: bytes | None
-    ) -> HttpResponse | MarketApiError:
-        """One try under ``lease``: the 2xx answer, or the error it stands for (a value)."""
-        try:
-            response = await self._exchange(request, body)
-        except MalformedResponseError as exc:  # over the size cap: answered, but unreadable
-            await lease.release(answer_for(exc.status or 0, exc.headers, None))
-            raise self._secret.scrub(exc) from None
-        except MarketApiError as exc:
-            sent = getattr(exc, "sent", True)
-            await lease.release(sent=sent)
-            return self._secret.scrub(exc)
-        except BaseException:
-            await asyncio.shield(lease.release())  # abandoned in flight: may have been sent
-            raise
-        status, headers = response.status, response.headers
-        error = None if 200 <= status < 300 else error_from_response(status, headers, response.body)
-        await lease.release(answer_for(status, headers, error))
-        return response if error is None else self._secret.scrub(error)
-
-    async def _exchange(self, request: ApiRequest, body: bytes | None) -> HttpResponse:
-        """Send once, following redirects; credentials go only to the base URL's origin."""
-        method, url = request.endpoint.method, self._base_url[:-1] + request.path
-        params: Mapping[str, str] = request.params
-        for _ in range(MAX_REDIRECTS + 1):
-            ours = url.startswith(self._base_url) or _origin(url) == self._origin
-            headers = self._auth_headers if ours else self._headers
-            debug = logger.isEnabledFor(logging.DEBUG)
-            started = time.perf_counter() if debug else 0.0
-            response = await self.transport.send(
-                HttpRequest(method, url, params, headers, json=body, file=request.file)
-            )
-            if debug:
-                logger.debug(
-                    "%s %s -> %d in %.3f s, quota left %s",
-                    method,
-                    urlsplit(url).path,
-                    response.status,
-                    time.perf_counter() - started,
-                    response.headers.get("x-ratelimit-resource-remaining", "?"),
-                )
+    async def _follow(self, first: HttpRequest, response: HttpResponse) -> HttpResponse:
+        """Follow redirects from ``first``'s answer; credentials go only to the API's origin."""
+        method, url = first.method, first.url
+        for _ in range(MAX_REDIRECTS):
             location = response.headers.get("location")
             if response.status not in _REDIRECTS or not location:
                 return response
             if method != "GET" and response.status not in (307, 308):
                 return response  # a 301/302/303 would turn a POST into a GET: not ours to do
-            url, params = urljoin(url, location), {}
+            url = urljoin(url, location)
             logger.debug("redirected to %s", urlsplit(url)._replace(query="").geturl())
-        raise MarketApiError(None, message=f"more than {MAX_REDIRECTS} redirects")
+            ours = url.startswith(self._base_url) or _origin(url) == self._origin
+            headers = self._auth_headers if ours else self._headers
+            response = await self._send_logged(
+                attrs.evolve(first, url=url, params={}, headers=headers)
+            )
+        if response.status in _REDIRECTS and response.headers.get("location"):
+            raise MarketApiError(None, message=f"more than {MAX_REDIRECTS} redirects")
+        return response
+
+    async def _send_logged(self, request: HttpRequest) -> HttpResponse:
+        """Send, and say at DEBUG level what came back how fast."""
+        started = time.perf_counter()
+        response = await self.transport.send(request)
+        logger.debug(
+            "%s %s -> %d in %.3f s, quota left %s",
+            request.method,
+            urlsplit(request.url).path,
+            response.status,
+            time.perf_counter() - started,
+            response.headers.get("x-ratelimit-resource-remaining", "?"),
+        )
+        return response
 
     async def _acquire(
         self, limiter: Limiter, request: ApiRequest, deadline: float | None

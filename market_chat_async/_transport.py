@@ -45,6 +45,7 @@ __all__ = [
 
 DEFAULT_MAX_BODY_BYTES = 8 * 1024 * 1024
 _CHUNK = 64 * 1024
+_UNKNOWN = ""  # not a proxy URL: marks an origin whose proxy is not looked up yet
 
 
 def _not_sent() -> tuple[type[BaseException], ...]:
@@ -129,6 +130,7 @@ class AiohttpTransport:
     ) -> None:
         import aiohttp  # here, not at import time: the package loads without the HTTP stack
 
+        self._aiohttp = aiohttp
         self._session = session
         self._owns_session = session is None
         self.timeout = timeout
@@ -150,8 +152,7 @@ class AiohttpTransport:
             self._session = None
 
     async def send(self, request: HttpRequest) -> HttpResponse:
-        import aiohttp
-
+        aiohttp = self._aiohttp
         session = self._session
         if session is None:
             session = self._session = aiohttp.ClientSession()
@@ -184,7 +185,13 @@ class AiohttpTransport:
                 auto_decompress=False,
                 proxy=self._proxy_for(request.url),
             ) as resp:
-                body = await self._read(resp)
+                length = resp.content_length
+                if length is not None and length <= self.max_body_bytes and (
+                    "Content-Encoding" not in resp.headers
+                ):
+                    body = await resp.read()  # the common case: a small plain body
+                else:
+                    body = await self._read_capped(resp)
                 return HttpResponse(resp.status, resp.headers, body)
         except (aiohttp.ClientError, TimeoutError) as exc:
             raise self._connection_error(exc) from None
@@ -193,13 +200,15 @@ class AiohttpTransport:
         known = self._env_proxies
         if known is None:
             return self._proxy
-        parts = urlsplit(url)
-        origin = f"{parts.scheme}://{parts.netloc}"
-        if origin not in known:
+        path_at = url.find("/", url.find("//") + 2)
+        origin = url if path_at < 0 else url[:path_at]  # scheme://host:port, without urlsplit
+        proxy = known.get(origin, _UNKNOWN)
+        if proxy is _UNKNOWN:
+            parts = urlsplit(url)
             proxies = urllib.request.getproxies_environment()
             bypass = urllib.request.proxy_bypass(parts.hostname or "")  # reads NO_PROXY
-            known[origin] = None if bypass else proxies.get(parts.scheme)
-        return known[origin]
+            proxy = known[origin] = None if bypass else proxies.get(parts.scheme)
+        return proxy
 
     def _connection_error(self, exc: BaseException) -> MarketConnectionError:
         # Described, not chained: aiohttp's errors can hold request headers or proxy auth.
@@ -214,7 +223,7 @@ class AiohttpTransport:
             None, message=f"{type(exc).__name__}: {what}", sent=not isinstance(exc, not_sent)
         )
 
-    async def _read(self, resp: aiohttp.ClientResponse) -> bytes:
+    async def _read_capped(self, resp: aiohttp.ClientResponse) -> bytes:
         cap = self.max_body_bytes
         encoding = resp.headers.get("Content-Encoding", "identity").strip().lower()
         if encoding in ("", "identity"):
@@ -223,9 +232,6 @@ class AiohttpTransport:
             inflate = zlib.decompressobj(wbits=zlib.MAX_WBITS | 32)  # gzip or zlib header
         else:
             raise self._malformed(resp, f"unsupported Content-Encoding {encoding!r}")
-        length = resp.content_length
-        if inflate is None and length is not None and length <= cap:
-            return await resp.read()  # the common case: a small body of a known length
         parts: list[bytes] = []
         size = 0
         async for chunk in resp.content.iter_chunked(_CHUNK):
