@@ -116,7 +116,8 @@ def _unstructure_datetime(value: datetime) -> str:
 def _structure_open_enum(value: Any, cls: type[OpenEnum]) -> OpenEnum:
     if not isinstance(value, str):
         raise TypeError(f"expected a {cls.__name__} string, got {type(value).__name__}")
-    return cls(value)
+    known: OpenEnum | None = cls._value2member_map_.get(value)  # type: ignore[assignment]
+    return known if known is not None else cls(value)  # Enum's __call__ only when it must
 
 
 def make_converter(*, forbid_extra_keys: bool = False) -> cattrs.Converter:
@@ -156,14 +157,14 @@ def make_converter(*, forbid_extra_keys: bool = False) -> cattrs.Converter:
         )
 
         def structure(value: Any, _: type[Any]) -> Any:
-            if not isinstance(value, dict) and not isinstance(value, Mapping):
+            if value.__class__ is not dict and not isinstance(value, Mapping):
                 raise TypeError(f"expected a {cls.__name__} object, got {type(value).__name__}")
             if forbid_extra_keys:
                 unknown = sorted(set(value) - known)
                 if unknown:
                     raise cattrs.ForbiddenExtraKeysError("", cls, set(unknown))
             model = structure_base(value, cls)
-            if known.issuperset(value.keys()):
+            if known.issuperset(value):
                 return model
             extra = {k: v for k, v in value.items() if k not in known}
             return attrs.evolve(model, extra=extra)
@@ -177,12 +178,14 @@ def make_converter(*, forbid_extra_keys: bool = False) -> cattrs.Converter:
         conv.register_structure_hook(cls, structure)
         conv.register_unstructure_hook(cls, unstructure)
 
+    attachment = conv.get_structure_hook(Attachment)
+
     def structure_payload(value: Any, _: Any) -> tuple[Attachment, ...]:
         if value is None:
             return ()
         if not isinstance(value, list):
             raise TypeError(f"expected a list of attachments, got {type(value).__name__}")
-        return tuple(conv.structure(item, Attachment) for item in value)
+        return tuple([attachment(item, Attachment) for item in value])
 
     with_extra(ChatMessage, payload=override(rename="payload", struct_hook=structure_payload))
     with_extra(Chat)

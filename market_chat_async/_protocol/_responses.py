@@ -91,14 +91,16 @@ def _until_minus_date(date_text: str, until_text: str) -> float | None:
 
 
 def _resets_in(date_text: str | None, until_text: str | None) -> float | None:
-    """Seconds until the server's window frees, if the headers say. Without a ``Date`` it is
-    measured from the local clock, so never from the cache."""
+    """Seconds until the server's window frees, if the headers say. Without a readable ``Date``
+    it is measured from the local clock, so never from the cache."""
     if not until_text:
         return None
-    if not date_text or _http_date(date_text) is None:
-        until = _http_date(until_text)
-        return None if until is None else max(0.0, (until - datetime.now(UTC)).total_seconds())
-    return _until_minus_date(date_text, until_text)
+    if date_text:
+        seconds = _until_minus_date(date_text, until_text)
+        if seconds is not None:
+            return seconds
+    until = _http_date(until_text)
+    return None if until is None else max(0.0, (until - datetime.now(UTC)).total_seconds())
 
 
 @attrs.frozen
@@ -223,11 +225,12 @@ def answer_for(status: int, headers: Mapping[str, str], error: MarketApiError | 
     Answer(remaining=7, resets_in=None, parallel_refused=False)
     """
     remaining = _int_header(headers.get("x-ratelimit-resource-remaining"))
-    until = headers.get("x-ratelimit-resource-until")
+    resets_in = _resets_in(headers.get("date"), headers.get("x-ratelimit-resource-until"))
+    if error is None:
+        return Answer(remaining, resets_in)
     refused = isinstance(error, RateLimitError) and error.reason == "parallel"
     if isinstance(error, RateLimitError) and not refused and remaining is None:
         remaining = 0  # spent, says the status, even without the headers
-    resets_in = _resets_in(headers.get("date"), until)
     return Answer(remaining, resets_in, parallel_refused=refused)
 
 
@@ -246,7 +249,8 @@ def _result(status: int, headers: Mapping[str, str], body: bytes) -> Any:
 
 def _structure(value: Any, kind: type[T], status: int, headers: Mapping[str, str]) -> T:
     try:
-        return converter.structure(value, kind)
+        model: T = converter.get_structure_hook(kind)(value, kind)  # the cached hook, no dispatch
+        return model
     except (cattrs.BaseValidationError, TypeError, ValueError, KeyError) as exc:
         detail = "; ".join(cattrs.transform_error(exc)) if isinstance(exc, Exception) else ""
         raise MalformedResponseError(
