@@ -31,7 +31,7 @@ ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "benchmarks" / "results"
 ASSETS = ROOT / "docs" / "assets"
 SNIPPET = ROOT / "docs" / "_snippets" / "benchmarks.md"
-NAMES = ("limiter", "overhead", "acquire", "bulk", "redis", "export")
+NAMES = ("limiter", "overhead", "instructions", "acquire", "bulk", "redis", "export")
 
 Results = dict[str, dict[str, Any]]
 
@@ -121,6 +121,22 @@ def _overhead_numbers(d: dict[str, Any]) -> list[str]:
         f"(the HTTP stack loads with the client: {_fmt(d['import_client_ms'])} ms), against "
         f"{_fmt(d['import_aiohttp_ms'])} ms for `import aiohttp`; `market-chat --version` "
         f"{_fmt(d['cli_version_ms'])} ms.",
+    ]
+
+
+def _instructions_numbers(d: dict[str, Any]) -> list[str]:
+    raw = d["raw_instructions_per_request"]
+    return [
+        "The same calls counted in instructions by valgrind (the difference between "
+        f"{d['requests'][0]:,} and {d['requests'][1]:,} requests, so start-up cancels out):",
+        "",
+        "| | instructions per request |",
+        "| --- | --- |",
+        f"| raw aiohttp `GET` | {raw:,} |",
+        f"| floor: raw + headers read + body structured by cattrs "
+        f"| {d['floor_instructions_per_request']:,} (x{d['floor_ratio']:g}) |",
+        f"| `MarketChatClient.get_message` "
+        f"| {d['client_instructions_per_request']:,} (x{d['client_ratio']:g}) |",
     ]
 
 
@@ -276,6 +292,7 @@ def _dedup_sentence(d: dict[str, Any] | None) -> list[str]:
 _NUMBERS: dict[str, Callable[[dict[str, Any]], list[str]]] = {
     "limiter": _limiter_numbers,
     "overhead": _overhead_numbers,
+    "instructions": _instructions_numbers,
     "acquire": _acquire_numbers,
     "bulk": _bulk_numbers,
     "redis": _redis_numbers,
