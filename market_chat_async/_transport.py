@@ -186,8 +186,10 @@ class AiohttpTransport:
                 proxy=self._proxy_for(request.url),
             ) as resp:
                 length = resp.content_length
-                if length is not None and length <= self.max_body_bytes and (
-                    "Content-Encoding" not in resp.headers
+                if (
+                    length is not None
+                    and length <= self.max_body_bytes
+                    and "Content-Encoding" not in resp.headers
                 ):
                     body = await resp.read()  # the common case: a small plain body
                 else:

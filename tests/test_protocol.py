@@ -186,3 +186,10 @@ def test_retry_decisions() -> None:
     later = retry_delay(policy, refused, 50, rng)  # never given up, but backed off to 16x
     assert later is not None
     assert 16 * policy.parallel_min <= later <= 16 * policy.parallel_max
+
+
+def test_a_body_that_is_not_utf8_is_malformed_and_keeps_no_copy_of_it() -> None:
+    body = '{"status": "OK", "result": {"message": "привет"}}'.encode("cp1251")
+    with pytest.raises(MalformedResponseError, match="not UTF-8") as caught:
+        decode(200, {}, body, ChatMessage)
+    assert caught.value.__cause__ is None

@@ -187,10 +187,15 @@ def rate_limit_reason(errors: list[ApiErrorItem], info: RateLimitInfo | None) ->
 
 def _json(body: bytes, status: int, headers: Mapping[str, str]) -> Any:
     try:
-        return json.loads(body)
+        # JSON between systems is UTF-8 (RFC 8259 section 8.1): no guessing of the encoding.
+        return json.loads(body.decode())
     except RecursionError:
         raise MalformedResponseError(
             status, message="response body is JSON nested too deeply", headers=headers
+        ) from None
+    except UnicodeDecodeError:  # not chained: the error would hold the whole body
+        raise MalformedResponseError(
+            status, message="response body is not UTF-8", headers=headers
         ) from None
     except ValueError as exc:
         raise MalformedResponseError(
