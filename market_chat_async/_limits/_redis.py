@@ -59,6 +59,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import functools
 import heapq
 import itertools
 import json
@@ -145,6 +146,13 @@ def _safe_url(url: str) -> str:
     netloc = parts.netloc.rpartition("@")[2]
     public = urlencode([(k, v) for k, v in query if k.lower() not in ("password", "username")])
     return urlunsplit((parts.scheme, netloc, parts.path, public, ""))
+
+
+@functools.cache
+def _no_script_error() -> type[Exception]:
+    from redis.exceptions import NoScriptError  # (the optional extra: imported when used)
+
+    return NoScriptError
 
 
 def _retryable(exc: BaseException) -> bool:
@@ -277,8 +285,6 @@ class RedisLimiters:
     async def run(self, script: Script, keys: list[Any], args: list[Any]) -> Any:
         """Run one script, retrying for up to :data:`BLIP` seconds while Redis cannot be
         reached; then :class:`LimiterUnavailableError`."""
-        from redis.exceptions import NoScriptError
-
         loop = asyncio.get_running_loop()
         give_up = loop.time() + BLIP
         pause = 0.02
@@ -288,7 +294,7 @@ class RedisLimiters:
                     self.calls[script.name] += 1
                     try:
                         reply = await self._redis.evalsha(script.sha, len(keys), *keys, *args)
-                    except NoScriptError:
+                    except _no_script_error():
                         reply = await self._redis.eval(script.source, len(keys), *keys, *args)
             except Exception as exc:
                 if not _retryable(exc):
