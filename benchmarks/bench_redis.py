@@ -5,8 +5,9 @@ message, when none is installed):
 
 * **cost per request**: sequential acquire -> release (with an answer) on one cabinet, versus
   one bare ``EVALSHA`` of a script that returns at once, on the same Redis, same run (median
-  of interleaved rounds); with the script calls each request made. Goal: <= 2.2x (a request
-  needs two round trips);
+  of interleaved rounds); with the script calls each request made (one: each release rides
+  in the next acquire) and the script's own time in Redis (``INFO commandstats``). Goal:
+  <= 2.2x;
 * **fleet**: 10 worker processes (``tests/_redis_worker.py fleet``), 8 requests in flight
   each, on one cabinet of the bundled Market server (30 per 3 s, fixed window, 20 ms
   latency): script calls per accepted request, 420s, and the use of the quota (requests
@@ -77,10 +78,13 @@ async def cost(redis_url: str) -> dict[str, Any]:
     redis = aioredis.Redis.from_url(redis_url)
     sha = await redis.script_load("return 1")
     limits = RedisLimiters(redis_url, quotas=WIDE_OPEN, max_parallel=4, namespace="bench")
-    bare, per_request, calls = [], [], []
+    bare, per_request, calls, in_redis = [], [], [], []
     for n in range(ROUNDS):
         bare.append(await bare_evalsha(redis, sha, REQUESTS))
+        await redis.config_resetstat()
         seconds, per = await limiter_requests(limits, 100 + n, REQUESTS)
+        stats = await redis.info("commandstats")
+        in_redis.append(stats["cmdstat_evalsha"]["usec"] / REQUESTS)
         per_request.append(seconds)
         calls.append(per)
     await limits.close()
@@ -93,7 +97,9 @@ async def cost(redis_url: str) -> dict[str, Any]:
         "bare_evalsha_us": round(bare_us, 1),
         "us_per_request": round(request_us, 1),
         "ratio_to_bare_evalsha": round(request_us / bare_us, 2),
+        "ratios_per_round": [round(r / b, 2) for r, b in zip(per_request, bare, strict=True)],
         "script_calls_per_request": statistics.median(calls),
+        "script_us_in_redis_per_request": round(statistics.median(in_redis), 1),
     }
 
 

@@ -7,15 +7,20 @@ not matter. What stays in each process: the :class:`~._adaptive.AdaptiveCap` (th
 parallel-cap refusal reaches only the process that got it, and it is fed with that process's
 own requests in flight) and the :class:`~._adaptive.LatencyTracker`.
 
-Round trips. A request costs two: the acquire script (wait or grant), then one release script
-that takes in the server's answer and gives the slot back. Within a process only the head
-waiter of a cabinet's resource asks Redis; the script puts its ticket in a per-resource queue
-(first come, first served across processes: it grants only to the oldest tickets that fit) and
-says how long until the slot, token, bound or pacing its place in the queue waits for can
-lift; a grant queues the next local waiter's ticket in the same call. A waiter that needs a
-slot blocks on the cabinet's ``wake`` list, to which every release pushes (a waiter woken out
-of turn passes it on). A release is sent without the caller waiting for the reply (it has its
-answer); :meth:`_RedisLimiter.state`, :meth:`RedisLimiters.flush` and ``close`` wait for it.
+Round trips. A request costs one or two script calls: the acquire script (wait or grant), and
+the release that takes in the server's answer and gives the slot back. A release is not waited
+for (the caller has its answer): it waits in its resource's ``pending`` list, and the next
+acquire of the same resource in this process carries it (one script call per request for a
+worker making request after request; the same Lua function applies it in either script);
+failing that, it is sent on the loop's next turn, so no waiter elsewhere waits for it. If the
+acquire carrying it fails or is cancelled, it is sent again by itself (twice is harmless).
+:meth:`_RedisLimiter.state`, :meth:`RedisLimiters.flush` and ``close`` wait for releases.
+Within a process only the head waiter of a cabinet's resource asks Redis; the script puts its
+ticket in a per-resource queue (first come, first served across processes: it grants only to
+the oldest tickets that fit) and says how long until the slot, token, bound or pacing its place
+in the queue waits for can lift; a grant queues the next local waiter's ticket in the same
+call. A waiter that needs a slot blocks on the cabinet's ``wake`` list, to which every release
+pushes (a waiter woken out of turn passes it on).
 
 Leases. An in-flight slot is a lease that expires :data:`LEASE_TTL` seconds after it was last
 renewed; a background task renews the leases of this process's requests while they are in
