@@ -183,8 +183,9 @@ def _bulk_numbers(d: dict[str, Any]) -> list[str]:
 
 def _redis_numbers(d: dict[str, Any]) -> list[str]:
     return [
-        f"The Redis store against a `redis-server` on localhost: a request's two script calls "
-        f"(acquire; answer and release together), {d['requests_per_round']:,} per round, "
+        f"The Redis store against a `redis-server` on localhost: sequential requests, each "
+        f"{d['script_calls_per_request']:g} script call (the acquire carries the last request's "
+        f"release), {d['requests_per_round']:,} per round, "
         f"median of {d['rounds']} rounds; then a fleet of {d['fleet_processes']} processes on "
         f"one cabinet for {d['fleet_seconds']:g} s:",
         "",

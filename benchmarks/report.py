@@ -81,7 +81,8 @@ def rows() -> list[str]:
         )
     if redis := load("redis"):
         out.append(
-            f"| Redis limiter, per request (2 script calls) | {redis['us_per_request']} us "
+            f"| Redis limiter, per request ({redis['script_calls_per_request']:g} script call) "
+            f"| {redis['us_per_request']} us "
             f"| one bare EVALSHA: {redis['bare_evalsha_us']} us "
             f"(x{redis['ratio_to_bare_evalsha']}) | `redis.json`, {stamp(redis)} |"
         )
