@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import gc
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 
 import pytest
 
@@ -20,6 +20,8 @@ from market_chat_async import (
 )
 from market_chat_async._limits import forget_all
 from market_chat_async.testing import MarketTestServer, RunningServer, serve
+
+from ._redis_servers import redis_server
 
 API_KEY = "test-api-key"
 # Test modules that start asyncio subprocesses (see collect_subprocess_transports).
@@ -68,3 +70,21 @@ async def client(market: RunningServer) -> AsyncIterator[MarketChatClient]:
     """A client pointed at ``market`` with quick retries."""
     async with MarketChatClient(api_key=API_KEY, base_url=market.url, retry=FAST_RETRY) as c:
         yield c
+
+
+@pytest.fixture(scope="module")
+def redis_server_url() -> Iterator[str]:
+    """A redis-server of the test module's own, on a free localhost port."""
+    with redis_server() as url:
+        yield url
+
+
+@pytest.fixture
+async def redis_url(redis_server_url: str) -> str:
+    """The module's redis-server, emptied for each test."""
+    import redis.asyncio as aioredis  # the redis extra, only where a test asks for Redis
+
+    redis = aioredis.Redis.from_url(redis_server_url)
+    await redis.flushdb()
+    await redis.aclose()
+    return redis_server_url

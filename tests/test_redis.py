@@ -12,7 +12,7 @@ import json
 import logging
 import sys
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -34,7 +34,6 @@ from ._redis_servers import (
     needs_cluster_tools,
     needs_redis,
     redis_cluster,
-    redis_server,
 )
 
 pytestmark = needs_redis
@@ -44,21 +43,6 @@ MESSAGE = "getChatMessage"
 HISTORY = "getChatHistory"
 QUOTAS = {MESSAGE: Quota(limit=30, period=3.0), HISTORY: Quota(limit=30, period=3.0)}
 NO_HEADERS = Answer(remaining=None, resets_in=None)
-
-
-@pytest.fixture(scope="module")
-def redis_server_url() -> Iterator[str]:
-    with redis_server() as url:
-        yield url
-
-
-@pytest.fixture
-async def redis_url(redis_server_url: str) -> str:
-    """The module's redis-server, emptied for each test."""
-    redis = aioredis.Redis.from_url(redis_server_url)
-    await redis.flushdb()
-    await redis.aclose()
-    return redis_server_url
 
 
 @pytest.fixture

@@ -8,7 +8,7 @@ conditions, durations are bounded only loosely from above.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
@@ -17,7 +17,7 @@ import redis.asyncio as aioredis
 from market_chat_async._limits import Answer, Lease, Quota
 from market_chat_async._limits._redis import RedisLimiters
 
-from ._redis_servers import needs_redis, redis_server
+from ._redis_servers import needs_redis
 
 pytestmark = needs_redis
 
@@ -27,20 +27,6 @@ QUOTAS = {MESSAGE: Quota(limit=30, period=3.0), HISTORY: Quota(limit=30, period=
 NO_HEADERS = Answer(remaining=None, resets_in=None)
 # Far longer than any wait below: a slot that comes back did not come back by its lease lapsing.
 LONG_LEASE = 60.0
-
-
-@pytest.fixture(scope="module")
-def redis_server_url() -> Iterator[str]:
-    with redis_server() as url:
-        yield url
-
-
-@pytest.fixture
-async def redis_url(redis_server_url: str) -> str:
-    redis = aioredis.Redis.from_url(redis_server_url)
-    await redis.flushdb()
-    await redis.aclose()
-    return redis_server_url
 
 
 @pytest.fixture
