@@ -137,6 +137,25 @@ def _grant_of(reply: int) -> tuple[int, int, int]:
     return granted - 1, ms, flight
 
 
+def _cancel_requests() -> int:
+    """How many cancellations of the current task are pending (``Task.cancelling``)."""
+    task = asyncio.current_task()
+    return 0 if task is None else task.cancelling()
+
+
+def _raise_if_cancel_swallowed(before: int) -> None:
+    """Raise the cancellation a call to Redis swallowed.
+
+    On Python 3.11, ``asyncio.wait_for`` returns the result instead of raising when the awaited
+    work finishes in the loop iteration the cancellation lands in, and redis-py sends every
+    command through it: the task is still marked as cancelling, but the call returns. Without
+    this, a cancelled acquire would go on waiting, or hand a lease to a caller that cancelled it
+    (and, if that caller drops it, the renewals keep its slot taken for good).
+    """
+    if _cancel_requests() > before:
+        raise asyncio.CancelledError
+
+
 def _safe_url(url: str) -> str:
     """The Redis URL without credentials, for messages and reprs.
 
@@ -537,7 +556,7 @@ class _RedisLimiter:
         res = self._resource(resource)
         res.waiting += 1
         try:
-            return await self._acquire(res, resource)
+            return await self._acquire(res, resource, _cancel_requests())
         finally:
             res.waiting -= 1
             if not res.waiting and res.queued is not None:  # its waiter went away
@@ -546,7 +565,7 @@ class _RedisLimiter:
                     self._give_back_quietly(_RedisLease(self, resource, ticket))
                 )
 
-    async def _acquire(self, res: _Resource, resource: str) -> Lease:
+    async def _acquire(self, res: _Resource, resource: str, cancels: int) -> Lease:
         shared = self._shared
         async with res.head:
             if shared.resting():
@@ -562,7 +581,8 @@ class _RedisLimiter:
             event = asyncio.Event()
             self._wakers.add(event)
             try:
-                await self._wait_for_grant(res, lease, event, first_wait)
+                await self._wait_for_grant(res, lease, event, first_wait, cancels)
+                _raise_if_cancel_swallowed(cancels)
             except LimiterUnavailableError as exc:
                 shared.in_background(self._give_back_quietly(lease))
                 if not shared.fallback:
@@ -571,6 +591,7 @@ class _RedisLimiter:
             except BaseException:
                 # Cancelled (or broken) while the script may be granting it: give it back,
                 # shielded; if the script has not run yet, the ticket is void when it does.
+                self.in_flight.discard(lease)
                 await self._shielded(self._give_back_quietly(lease))
                 raise
             finally:
@@ -583,12 +604,14 @@ class _RedisLimiter:
         lease: _RedisLease,
         event: asyncio.Event,
         first_wait: tuple[int, int] | None,
+        cancels: int,
     ) -> None:
         shared = self._shared
         loop = asyncio.get_running_loop()
         backoff = 1.0  # grows while only the end of a request elsewhere can help
         woken = 0  # the item of the `wake` list that ended the last wait (0: none)
         while True:
+            _raise_if_cancel_swallowed(cancels)
             event.clear()
             if first_wait is not None:  # queued by the last grant, which said how long to wait
                 wait_ms, flight = first_wait
