@@ -202,12 +202,14 @@ class Funnel:
     async def _follow(self, first: HttpRequest, response: HttpResponse) -> HttpResponse:
         """Follow redirects from ``first``'s answer; credentials go only to the API's origin."""
         method, url = first.method, first.url
-        for _ in range(MAX_REDIRECTS):
+        for hops in range(MAX_REDIRECTS + 1):
             location = response.headers.get("location")
             if response.status not in _REDIRECTS or not location:
                 return response
             if method != "GET" and response.status not in (307, 308):
                 return response  # a 301/302/303 would turn a POST into a GET: not ours to do
+            if hops == MAX_REDIRECTS:
+                break
             url = urljoin(url, location)
             logger.debug("redirected to %s", urlsplit(url)._replace(query="").geturl())
             ours = url.startswith(self._base_url) or _origin(url) == self._origin
@@ -215,9 +217,7 @@ class Funnel:
             response = await self._send_logged(
                 attrs.evolve(first, url=url, params={}, headers=headers)
             )
-        if response.status in _REDIRECTS and response.headers.get("location"):
-            raise MarketApiError(None, message=f"more than {MAX_REDIRECTS} redirects")
-        return response
+        raise MarketApiError(None, message=f"more than {MAX_REDIRECTS} redirects")
 
     async def _send_logged(self, request: HttpRequest) -> HttpResponse:
         """Send, and say at DEBUG level what came back how fast."""

@@ -45,7 +45,6 @@ __all__ = [
 
 DEFAULT_MAX_BODY_BYTES = 8 * 1024 * 1024
 _CHUNK = 64 * 1024
-_UNKNOWN = ""  # not a proxy URL: marks an origin whose proxy is not looked up yet
 
 
 def _not_sent() -> tuple[type[BaseException], ...]:
@@ -185,15 +184,7 @@ class AiohttpTransport:
                 auto_decompress=False,
                 proxy=self._proxy_for(request.url),
             ) as resp:
-                length = resp.content_length
-                if (
-                    length is not None
-                    and length <= self.max_body_bytes
-                    and "Content-Encoding" not in resp.headers
-                ):
-                    body = await resp.read()  # the common case: a small plain body
-                else:
-                    body = await self._read_capped(resp)
+                body = await self._read(resp)
                 return HttpResponse(resp.status, resp.headers, body)
         except (aiohttp.ClientError, TimeoutError) as exc:
             raise self._connection_error(exc) from None
@@ -202,15 +193,13 @@ class AiohttpTransport:
         known = self._env_proxies
         if known is None:
             return self._proxy
-        path_at = url.find("/", url.find("//") + 2)
-        origin = url if path_at < 0 else url[:path_at]  # scheme://host:port, without urlsplit
-        proxy = known.get(origin, _UNKNOWN)
-        if proxy is _UNKNOWN:
-            parts = urlsplit(url)
+        parts = urlsplit(url)
+        origin = f"{parts.scheme}://{parts.netloc}"
+        if origin not in known:
             proxies = urllib.request.getproxies_environment()
             bypass = urllib.request.proxy_bypass(parts.hostname or "")  # reads NO_PROXY
-            proxy = known[origin] = None if bypass else proxies.get(parts.scheme)
-        return proxy
+            known[origin] = None if bypass else proxies.get(parts.scheme)
+        return known[origin]
 
     def _connection_error(self, exc: BaseException) -> MarketConnectionError:
         # Described, not chained: aiohttp's errors can hold request headers or proxy auth.
@@ -225,7 +214,7 @@ class AiohttpTransport:
             None, message=f"{type(exc).__name__}: {what}", sent=not isinstance(exc, not_sent)
         )
 
-    async def _read_capped(self, resp: aiohttp.ClientResponse) -> bytes:
+    async def _read(self, resp: aiohttp.ClientResponse) -> bytes:
         cap = self.max_body_bytes
         encoding = resp.headers.get("Content-Encoding", "identity").strip().lower()
         if encoding in ("", "identity"):
@@ -234,6 +223,9 @@ class AiohttpTransport:
             inflate = zlib.decompressobj(wbits=zlib.MAX_WBITS | 32)  # gzip or zlib header
         else:
             raise self._malformed(resp, f"unsupported Content-Encoding {encoding!r}")
+        length = resp.content_length
+        if inflate is None and length is not None and length <= cap:
+            return await resp.read()  # the common case: a small body of a known length
         parts: list[bytes] = []
         size = 0
         async for chunk in resp.content.iter_chunked(_CHUNK):

@@ -42,7 +42,6 @@ class ResourceLedger:
     __slots__ = (
         "_bound",
         "_hold",
-        "_limit",
         "_local_suffices",
         "_returns",
         "_starts",
@@ -53,7 +52,6 @@ class ResourceLedger:
 
     def __init__(self, quota: Quota) -> None:
         self.quota = quota
-        self._limit = quota.limit
         self._hold = quota.period + quota.effective_margin  # how long a spent token stays out
         self.in_flight = 0
         self._returns: deque[float] = deque()  # when finished requests' tokens come back
@@ -64,11 +62,10 @@ class ResourceLedger:
         self._tat = -math.inf  # pacing: when the next request is due (GCRA)
 
     def _expire(self, now: float) -> None:
-        returns, bound = self._returns, self._bound
-        if returns and returns[0] <= now:
-            while returns and returns[0] <= now:
-                returns.popleft()
-        if bound is not None and bound.until <= now:
+        returns = self._returns
+        while returns and returns[0] <= now:
+            returns.popleft()
+        if self._bound is not None and self._bound.until <= now:
             self._bound = None
 
     def _budget(self, bound: _ServerBound) -> int:
@@ -83,9 +80,9 @@ class ResourceLedger:
     def admissible(self, now: float) -> bool:
         """Whether one more request of this resource may start at ``now``."""
         self._expire(now)
-        if self.in_flight + len(self._returns) >= self._limit:
+        if self.in_flight + len(self._returns) >= self.quota.limit:
             return False
-        if self.quota.burst is not None and self._pace_wait(now) > 0:
+        if self._pace_wait(now) > 0:
             return False
         if self._bound is not None:
             return self._budget(self._bound) > 0
@@ -126,7 +123,7 @@ class ResourceLedger:
             self._local_suffices = resets_in is None
             return
         self._expire(now)
-        if remaining >= self._limit - self.in_flight - len(self._returns):
+        if remaining >= self.quota.limit - self.in_flight - len(self._returns):
             # Our own tokens already account for everything the server counts: a bound would
             # count our own requests twice.
             self._local_suffices = True
@@ -138,11 +135,10 @@ class ResourceLedger:
         current = self._bound
         if current is None:
             self._bound = _ServerBound(budget, self._starts, until, remaining)
-        elif budget >= self._budget(current):  # the fresher figure is as tight or looser
+            return
+        if budget >= self._budget(current):  # the fresher figure is as tight or looser
             current.budget, current.starts, current.until = budget, self._starts, until
-            current.reported = remaining
-        else:
-            current.reported = remaining
+        current.reported = remaining
 
     def remaining(self, now: float) -> int:
         """Requests that may start now as far as the quota goes (the parallel cap aside)."""

@@ -110,12 +110,12 @@ class CabinetLimiter:
     async def acquire(self, resource: str) -> _LocalLease:
         """Wait until a request of ``resource`` may be sent; FIFO per resource, and cancelling
         the wait takes nothing."""
-        ledger = self._ledgers.get(resource) or self._ledger(resource)
+        ledger = self._ledger(resource)
         loop = asyncio.get_running_loop()
         with self._lock:
             now = loop.time()
             if resource not in self._waiters and self._slot_free(now) and ledger.admissible(now):
-                return self._grant(ledger, resource, now)
+                return self._grant(resource, now)
             waiter = _Waiter(loop, resource, next(self._seq))
             self._waiters.setdefault(resource, deque()).append(waiter)
             self._wake(now)
@@ -156,13 +156,12 @@ class CabinetLimiter:
             heapq.heappop(lingering)
         return len(self._in_flight) + len(lingering) < self._cap.value
 
-    def _grant(self, ledger: ResourceLedger, resource: str, now: float) -> _LocalLease:
-        in_flight = self._in_flight
-        for other in in_flight:
+    def _grant(self, resource: str, now: float) -> _LocalLease:
+        for other in self._in_flight:
             other.overlap += 1
-        lease = _LocalLease(self, resource, len(in_flight), now)
-        in_flight.add(lease)
-        ledger.grant(now)
+        lease = _LocalLease(self, resource, overlap=len(self._in_flight), now=now)
+        self._in_flight.add(lease)
+        self._ledgers[resource].grant(now)
         return lease
 
     def _observe(self, lease: _LocalLease, answer: Answer) -> None:
@@ -183,7 +182,7 @@ class CabinetLimiter:
         with self._lock:
             if lease.released:
                 return
-            now = asyncio.get_running_loop().time()
+            now = _now()
             if answer is not None:
                 self._take_answer(lease, answer, now)
             lease.released = True
@@ -196,8 +195,7 @@ class CabinetLimiter:
                 until = lease.granted_at + self._latency.slowest()
                 if until > now:
                     heapq.heappush(self._lingering, until)
-            if self._waiters:
-                self._wake(now)
+            self._wake(now)
             if not self._in_flight and not self._settle_pending:
                 self._settle_pending = True
                 _settle_later(self, self._settles_at_locked(now))
@@ -223,7 +221,7 @@ class CabinetLimiter:
             queue.popleft()
             if not queue:
                 del self._waiters[best.resource]
-            best.lease = self._grant(self._ledgers[best.resource], best.resource, now)
+            best.lease = self._grant(best.resource, now)
             self._deliver(best)
         self._arm_timers(now)
 

@@ -160,8 +160,6 @@ def validate_id(name: str, value: object) -> int:
     Traceback (most recent call last):
     ValueError: chat_id must be between 1 and 9223372036854775807, got 0
     """
-    if value.__class__ is int and 0 < value <= INT64_MAX:
-        return value
     if not isinstance(value, int) or isinstance(value, bool):
         raise TypeError(f"{name} must be an int, not {type(value).__name__}")
     if not 1 <= value <= INT64_MAX:
