@@ -110,15 +110,19 @@ class CabinetLimiter:
     async def acquire(self, resource: str) -> _LocalLease:
         """Wait until a request of ``resource`` may be sent; FIFO per resource, and cancelling
         the wait takes nothing."""
-        ledger = self._ledger(resource)
+        ledger = self._ledgers.get(resource) or self._ledger(resource)
         loop = asyncio.get_running_loop()
-        with self._lock:
+        # acquire/release rather than ``with``: half the cost, on every request.
+        self._lock.acquire()
+        try:
             now = loop.time()
             if resource not in self._waiters and self._slot_free(now) and ledger.admissible(now):
                 return self._grant(resource, now)
             waiter = _Waiter(loop, resource, next(self._seq))
             self._waiters.setdefault(resource, deque()).append(waiter)
             self._wake(now)
+        finally:
+            self._lock.release()
         try:
             return await waiter.future
         except asyncio.CancelledError:
@@ -152,9 +156,11 @@ class CabinetLimiter:
 
     def _slot_free(self, now: float) -> bool:
         lingering = self._lingering
-        while lingering and lingering[0] <= now:
-            heapq.heappop(lingering)
-        return len(self._in_flight) + len(lingering) < self._cap.value
+        if lingering:
+            while lingering and lingering[0] <= now:
+                heapq.heappop(lingering)
+            return len(self._in_flight) + len(lingering) < self._cap.value
+        return len(self._in_flight) < self._cap.value
 
     def _grant(self, resource: str, now: float) -> _LocalLease:
         for other in self._in_flight:
@@ -179,7 +185,8 @@ class CabinetLimiter:
         self._ledgers[lease.resource].observe(now, answer, overlap=lease.overlap)
 
     def _release(self, lease: _LocalLease, answer: Answer | None = None, *, sent: bool) -> None:
-        with self._lock:
+        self._lock.acquire()
+        try:
             if lease.released:
                 return
             now = _now()
@@ -195,10 +202,13 @@ class CabinetLimiter:
                 until = lease.granted_at + self._latency.slowest()
                 if until > now:
                     heapq.heappush(self._lingering, until)
-            self._wake(now)
+            if self._waiters:
+                self._wake(now)
             if not self._in_flight and not self._settle_pending:
                 self._settle_pending = True
                 _settle_later(self, self._settles_at_locked(now))
+        finally:
+            self._lock.release()
 
     def _wake(self, now: float) -> None:
         """Hand leases to the oldest waiters whose resource admits them while slots are free."""
