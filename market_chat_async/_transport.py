@@ -55,7 +55,7 @@ def _not_sent() -> tuple[type[BaseException], ...]:
     return (aiohttp.ClientConnectorError, *((timeout,) if timeout is not None else ()))
 
 
-@attrs.frozen
+@attrs.frozen(slots=False)  # one per request: attrs inits a dict-backed frozen class faster
 class HttpRequest:
     """One HTTP exchange to make: an absolute ``url`` without its query, the query ``params``,
     the ``headers`` (credentials included, when the funnel decided they may go), and a body:
@@ -74,7 +74,7 @@ class HttpRequest:
     file: FilePart | None = None
 
 
-@attrs.frozen
+@attrs.frozen(slots=False)  # one per request: attrs inits a dict-backed frozen class faster
 class HttpResponse:
     """What came back: status, headers (case-insensitive lookups, or lower-case keys) and the
     whole body, decompressed.
@@ -184,8 +184,17 @@ class AiohttpTransport:
                 auto_decompress=False,
                 proxy=self._proxy_for(request.url),
             ) as resp:
-                body = await self._read(resp)
-                return HttpResponse(resp.status, resp.headers, body)
+                headers = resp.headers
+                length = headers.get("Content-Length")
+                if (
+                    length is not None
+                    and "Content-Encoding" not in headers
+                    and int(length) <= self.max_body_bytes
+                ):
+                    body = await resp.read()  # the common case: a small plain body
+                else:
+                    body = await self._read(resp)
+                return HttpResponse(resp.status, headers, body)
         except (aiohttp.ClientError, TimeoutError) as exc:
             raise self._connection_error(exc) from None
 
@@ -193,13 +202,16 @@ class AiohttpTransport:
         known = self._env_proxies
         if known is None:
             return self._proxy
-        parts = urlsplit(url)
-        origin = f"{parts.scheme}://{parts.netloc}"
-        if origin not in known:
+        cut = url.find("/", url.find("//") + 2)  # scheme://netloc, without splitting the URL
+        origin = url if cut < 0 else url[:cut]
+        try:
+            return known[origin]
+        except KeyError:
+            parts = urlsplit(url)
             proxies = urllib.request.getproxies_environment()
             bypass = urllib.request.proxy_bypass(parts.hostname or "")  # reads NO_PROXY
-            known[origin] = None if bypass else proxies.get(parts.scheme)
-        return known[origin]
+            proxy = known[origin] = None if bypass else proxies.get(parts.scheme)
+            return proxy
 
     def _connection_error(self, exc: BaseException) -> MarketConnectionError:
         # Described, not chained: aiohttp's errors can hold request headers or proxy auth.
@@ -215,6 +227,7 @@ class AiohttpTransport:
         )
 
     async def _read(self, resp: aiohttp.ClientResponse) -> bytes:
+        """The body of an answer that may be large or compressed, read in bounded steps."""
         cap = self.max_body_bytes
         encoding = resp.headers.get("Content-Encoding", "identity").strip().lower()
         if encoding in ("", "identity"):
@@ -223,9 +236,6 @@ class AiohttpTransport:
             inflate = zlib.decompressobj(wbits=zlib.MAX_WBITS | 32)  # gzip or zlib header
         else:
             raise self._malformed(resp, f"unsupported Content-Encoding {encoding!r}")
-        length = resp.content_length
-        if inflate is None and length is not None and length <= cap:
-            return await resp.read()  # the common case: a small body of a known length
         parts: list[bytes] = []
         size = 0
         async for chunk in resp.content.iter_chunked(_CHUNK):

@@ -108,7 +108,7 @@ class QuotaState:
     server_remaining: int | None
 
 
-@attrs.frozen
+@attrs.frozen(slots=False)  # one per request: attrs inits a dict-backed frozen class faster
 class Answer:
     """What an answer's headers told the limiter: ``remaining`` calls of the resource are left
     until ``resets_in`` seconds from now (each ``None`` when the server did not say), and

@@ -241,7 +241,7 @@ def answer_for(status: int, headers: Mapping[str, str], error: MarketApiError | 
 
 def _result(status: int, headers: Mapping[str, str], body: bytes) -> Any:
     data = _json(body, status, headers)
-    if not isinstance(data, dict) or data.get("status") != "OK":
+    if data.__class__ is not dict or data.get("status") != "OK":
         errors = _parse_errors(data)
         raise MalformedResponseError(
             status,
@@ -252,9 +252,15 @@ def _result(status: int, headers: Mapping[str, str], body: bytes) -> Any:
     return data.get("result")
 
 
+_hooks: dict[type[Any], Any] = {}  # the converter's hook per model: no dispatch per answer
+
+
 def _structure(value: Any, kind: type[T], status: int, headers: Mapping[str, str]) -> T:
     try:
-        model: T = converter.get_structure_hook(kind)(value, kind)  # the cached hook, no dispatch
+        hook = _hooks.get(kind)
+        if hook is None:
+            hook = _hooks[kind] = converter.get_structure_hook(kind)
+        model: T = hook(value, kind)
         return model
     except (cattrs.BaseValidationError, TypeError, ValueError, KeyError) as exc:
         detail = "; ".join(cattrs.transform_error(exc)) if isinstance(exc, Exception) else ""
@@ -273,7 +279,7 @@ def decode(status: int, headers: Mapping[str, str], body: bytes, kind: type[T]) 
     <Sender.MARKET: 'MARKET'>
     """
     result = _result(status, headers, body)
-    if not isinstance(result, dict):
+    if result.__class__ is not dict:
         raise MalformedResponseError(status, message="response has no result", headers=headers)
     return _structure(result, kind, status, headers)
 
