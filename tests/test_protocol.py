@@ -193,3 +193,29 @@ def test_a_body_that_is_not_utf8_is_malformed_and_keeps_no_copy_of_it() -> None:
     with pytest.raises(MalformedResponseError, match="not UTF-8") as caught:
         decode(200, {}, body, ChatMessage)
     assert caught.value.__cause__ is None
+
+
+OK_MESSAGE = (
+    b'{"status": "OK", "result": '
+    b'{"messageId": 1, "createdAt": "2024-01-01T00:00:00Z", "sender": "MARKET"}}'
+)
+
+
+@pytest.mark.parametrize("body", [OK_MESSAGE, b" \r\n" + OK_MESSAGE + b"\n\t "])
+def test_a_json_body_may_have_whitespace_around_it(body: bytes) -> None:
+    assert decode(200, {}, body, ChatMessage).message_id == 1
+
+
+@pytest.mark.parametrize(
+    ("body", "reason"),
+    [
+        (OK_MESSAGE + b" {}", "not JSON"),  # a second value after the first
+        (OK_MESSAGE[:-1], "not JSON"),
+        (b"\xef\xbb\xbf" + OK_MESSAGE, "not JSON"),  # a byte-order mark is not JSON text
+        (b"", "not JSON"),
+        (b"[" * 100_000 + b"]" * 100_000, "nested too deeply"),
+    ],
+)
+def test_a_body_that_is_not_one_json_value_is_malformed(body: bytes, reason: str) -> None:
+    with pytest.raises(MalformedResponseError, match=reason):
+        decode(200, {}, body, ChatMessage)

@@ -185,10 +185,22 @@ def rate_limit_reason(errors: list[ApiErrorItem], info: RateLimitInfo | None) ->
     return "quota"
 
 
+_raw_decode = json.JSONDecoder().raw_decode
+
+
 def _json(body: bytes, status: int, headers: Mapping[str, str]) -> Any:
     try:
         # JSON between systems is UTF-8 (RFC 8259 section 8.1): no guessing of the encoding.
-        return json.loads(body.decode())
+        text = body.decode()
+        try:
+            # The usual body, one JSON value and nothing else, read without json.loads'
+            # wrappers: two calls and two whitespace scans fewer on every answer.
+            value, end = _raw_decode(text)
+        except ValueError:
+            end = -1
+        if end != len(text):  # whitespace around it, or not JSON: json.loads has the whole rule
+            value = json.loads(text)
+        return value
     except RecursionError:
         raise MalformedResponseError(
             status, message="response body is JSON nested too deeply", headers=headers
