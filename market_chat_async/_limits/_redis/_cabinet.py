@@ -1,62 +1,8 @@
-"""The Redis store: one cabinet's limits shared by every process and host, Cluster-safe.
+"""One cabinet's limiter over Redis: how its waiters queue, are granted and give back.
 
-The guarantee is the one of ``_limits``, for every client in any process or host that uses the
-same Redis, namespace and cabinet. The rules are ``_ledger``'s, kept by Lua scripts
-(``_redis_scripts``) on the Redis server's clock (``TIME``), so clock skew between hosts does
-not matter. What stays in each process: the :class:`~._adaptive.AdaptiveCap` (the server's
-parallel-cap refusal reaches only the process that got it, and it is fed with that process's
-own requests in flight) and the :class:`~._adaptive.LatencyTracker`.
-
-Round trips. A request costs one or two script calls: the acquire script (wait or grant), and
-the release that takes in the server's answer and gives the slot back. A release is not waited
-for (the caller has its answer): it waits in its resource's ``pending`` list, and the next
-acquire of the same resource in this process carries it (one script call per request for a
-worker making request after request; the same Lua function applies it in either script);
-failing that, it is sent on the loop's next turn, so no waiter elsewhere waits for it. If the
-acquire carrying it fails or is cancelled, it is sent again by itself (twice is harmless).
-:meth:`_RedisLimiter.state`, :meth:`RedisLimiters.flush` and ``close`` wait for releases.
-Within a process only the head waiter of a cabinet's resource asks Redis; the script puts its
-ticket in a per-resource queue (first come, first served across processes: it grants only to
-the oldest tickets that fit) and says how long until the slot, token, bound or pacing its place
-in the queue waits for can lift; a grant queues the next local waiter's ticket in the same
-call. A waiter that needs a slot blocks on the cabinet's ``wake`` list, to which every release
-pushes (a waiter woken out of turn passes it on).
-
-Leases. An in-flight slot is a lease that expires :data:`LEASE_TTL` seconds after it was last
-renewed; a background task renews the leases of this process's requests while they are in
-flight, so a killed worker's slots come back within ``LEASE_TTL`` seconds. Its quota tokens
-stay out until a period (+ margin) after the latest moment the server could have counted the
-request (``exchange_timeout`` after the grant).
-
-Faults. A failed Redis call is retried for up to :data:`BLIP` seconds (a blip, a failover)
-before the limiter fails closed with :class:`LimiterUnavailableError` (or, with
-``fallback=True``, uses the in-process store and asks Redis again after
-:data:`RETRY_REDIS` seconds). A release never raises: an answer in hand is the caller's, and a
-release that cannot reach Redis is retried in the background until it can (meanwhile the
-lease expires by itself). A cancelled acquire gives its ticket back, shielded, so a lease the
-script granted as the cancellation landed is returned, and one still on its way is void.
-Calls to Redis are bounded by a semaphore of ``max_connections``, so many cabinets in flight
-queue for a connection instead of failing.
-
-Keys, all under ``market-chat-async:{<namespace>|<business_id>}:`` (the braces are the hash
-tag; ``namespace`` is the API origin); a resource's keys add ``<resource>:``. Each has an
-expiry, refreshed when written.
-
-=========== ======== ===================================================================
-key         of       holds (zset scores and times in ms of the Redis clock)
-=========== ======== ===================================================================
-``leases``  cabinet  zset: lease id -> when its slot frees (expiry while in flight, or the
-                     end of an abandoned request's linger)
-``overlap`` cabinet  hash: lease id in flight -> requests in flight at some moment during it
-``void``    cabinet  zset: ids given back before their acquire ran -> until when
-``wake``    cabinet  list: one item per release (a few at most), for waiters blocked on it
-``tokens``  resource zset: lease id -> when its quota token returns
-``bound``   resource hash: ``budget``, ``until``, ``reported``: the server's best figure
-``local``   resource ``1`` while the server says nothing the tokens do not
-``pace``    resource with ``Quota(burst=N)``: the GCRA theoretical arrival time
-``queue``   resource zset: waiting ticket -> when it arrived
-``seen``    resource zset: waiting ticket -> by when its waiter must ask again
-=========== ======== ===================================================================
+This is where the guarantee of ``_limits`` is kept for a ``business_id`` across processes; it
+reaches Redis only through :class:`SharedRedis`, the little it needs of the connection, so the
+connection (``_connection``) can own the cabinets' limiters without the two importing each other.
 """
 
 from __future__ import annotations
@@ -64,24 +10,19 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
-import functools
 import heapq
-import itertools
 import json
 import logging
 import math
-import uuid
 from collections.abc import Awaitable, Mapping
-from typing import Any, TypeVar
-from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+from typing import Any, Protocol, TypeVar
 
 from market_chat_async._errors import LimiterUnavailableError
-
-from ._adaptive import AdaptiveCap, LatencyTracker
-from ._ledger import UNKNOWN_RESET_WAIT
-from ._local import CabinetLimiter, limiter_for
-from ._quota import Answer, Lease, Limiter, Quota, QuotaState
-from ._redis_scripts import (
+from market_chat_async._limits._adaptive import AdaptiveCap, LatencyTracker
+from market_chat_async._limits._ledger import UNKNOWN_RESET_WAIT
+from market_chat_async._limits._local import CabinetLimiter
+from market_chat_async._limits._quota import Answer, Lease, Quota, QuotaState
+from market_chat_async._limits._redis_scripts import (
     ACQUIRE,
     CABINET_KEYS,
     GRANT_BASE,
@@ -93,30 +34,55 @@ from ._redis_scripts import (
     Script,
 )
 
-__all__ = ["RedisLimiters"]
+from ._constants import (
+    _PREFIX,
+    BLIP,
+    BLOCK_MAX,
+    RENEW_AFTER,
+    TICKET_STALE,
+    VOID_TTL,
+    WAIT_FLIGHT,
+    WAIT_LONGEST,
+    WAIT_MAX,
+    WAIT_MIN,
+)
+
+__all__ = ["SharedRedis"]
 
 logger = logging.getLogger("market_chat_async")
 
-_PREFIX = "market-chat-async"
-LEASE_TTL = 4.0  # seconds a slot outlives the last renewal of its lease (a killed worker's)
-# A lease in flight for this share of its ttl since its last renewal is renewed (checked every
-# eighth of the ttl): with the default 4 s, a Redis blip or a stalled loop has 2 s to pass.
-RENEW_AFTER = 3 / 8
-BLIP = 1.5  # seconds a failing Redis call is retried before the limiter fails closed
-RETRY_REDIS = 5.0  # with fallback on: seconds on the in-process store before asking Redis again
-# A waiting ticket not back this long after the wait it was given is dropped (its waiter died).
-TICKET_STALE = 3.0
-WAIT_MAX = 1.0  # while a request ending could help, a waiter asks again at least this often
-WAIT_LONGEST = 30.0  # the longest a waiter sleeps before asking again
-WAIT_MIN = 0.001
-WAIT_FLIGHT = 0.005  # the least wait for a slot or a probe elsewhere to end
-BLOCK_MAX = 0.3  # the longest block on a `wake` list (under the 0.5 s socket timeout)
-VOID_TTL = 60.0  # how long a ticket given back stays void
-DEFAULT_EXCHANGE_TIMEOUT = 60.0
-DEFAULT_MAX_CONNECTIONS = 32
-_TALLIES = ("waited", "carried")  # the entries of RedisLimiters.calls that are not scripts
-
 T = TypeVar("T")
+
+
+class SharedRedis(Protocol):
+    """What a cabinet's limiter needs of the connection it shares with the other cabinets
+    (:class:`~._connection.RedisLimiters`): its settings, and the calls that reach Redis or
+    outlive a request."""
+
+    @property
+    def quotas(self) -> Mapping[str, Quota]: ...
+    @property
+    def max_parallel(self) -> int: ...
+    @property
+    def namespace(self) -> str: ...
+    @property
+    def fallback(self) -> bool: ...
+    @property
+    def exchange_timeout(self) -> float: ...
+    @property
+    def lease_ttl(self) -> float: ...
+    @property
+    def calls(self) -> collections.Counter[str]: ...
+
+    def new_id(self) -> str: ...
+    async def run(self, script: Script, keys: list[Any], args: list[Any]) -> Any: ...
+    async def blocked_wait(self, key: str, seconds: float) -> int | None: ...
+    def retry_later(self, work: Awaitable[None]) -> None: ...
+    def in_background(self, work: Awaitable[T]) -> asyncio.Task[T]: ...
+    def leases_granted(self) -> None: ...
+    def resting(self) -> bool: ...
+    def fall_back(self, business_id: int, exc: LimiterUnavailableError) -> CabinetLimiter: ...
+    def local(self, business_id: int) -> CabinetLimiter: ...
 
 
 def _ms(seconds: float) -> int:
@@ -156,265 +122,6 @@ def _raise_if_cancel_swallowed(before: int) -> None:
         raise asyncio.CancelledError
 
 
-def _safe_url(url: str) -> str:
-    """The Redis URL without credentials, for messages and reprs.
-
-    >>> _safe_url("redis://user:secret@cache:6379/0?password=secret&db=1")
-    'redis://cache:6379/0?db=1'
-    """
-    try:
-        parts = urlsplit(url)
-        query = parse_qsl(parts.query, keep_blank_values=True)
-    except ValueError:
-        return "<unparsable Redis URL>"
-    netloc = parts.netloc.rpartition("@")[2]
-    public = urlencode([(k, v) for k, v in query if k.lower() not in ("password", "username")])
-    return urlunsplit((parts.scheme, netloc, parts.path, public, ""))
-
-
-@functools.cache
-def _no_script_error() -> type[Exception]:
-    from redis.exceptions import NoScriptError  # (the optional extra: imported when used)
-
-    return NoScriptError
-
-
-def _retryable(exc: BaseException) -> bool:
-    from redis.exceptions import (
-        BusyLoadingError,
-        ClusterDownError,
-        RedisError,
-        ResponseError,
-        TryAgainError,
-    )
-
-    if isinstance(exc, (ClusterDownError, TryAgainError, BusyLoadingError)):
-        return True
-    return isinstance(exc, (RedisError, OSError)) and not isinstance(exc, ResponseError)
-
-
-class RedisLimiters:
-    """The per-cabinet limiters of one client, kept in Redis; see the module docstring.
-
-    ``url_or_client`` is a Redis URL (``cluster=True``: a node of a Redis Cluster) or a ready
-    ``redis.asyncio.Redis`` / ``RedisCluster`` (not closed by :meth:`close`). Nothing connects
-    until the first request; the URL never shows its password.
-
-    >>> limits = RedisLimiters(
-    ...     "redis://:secret@localhost:6379/0", quotas={"getChat": Quota()}, max_parallel=4,
-    ...     namespace="https://api.partner.market.yandex.ru")
-    >>> limits  # doctest: +ELLIPSIS
-    RedisLimiters('redis://localhost:6379/0', quotas=..., max_parallel=4, fallback=False)
-    >>> limits.limiter(12345) is limits.limiter(12345)
-    True
-    """
-
-    def __init__(
-        self,
-        url_or_client: Any,
-        *,
-        quotas: Mapping[str, Quota],
-        max_parallel: int,
-        namespace: str,
-        fallback: bool = False,
-        cluster: bool = False,
-        exchange_timeout: float = DEFAULT_EXCHANGE_TIMEOUT,
-        lease_ttl: float = LEASE_TTL,
-        max_connections: int = DEFAULT_MAX_CONNECTIONS,
-    ) -> None:
-        if not isinstance(max_parallel, int) or max_parallel < 1:
-            raise ValueError(f"max_parallel must be an int of at least 1, got {max_parallel!r}")
-        for name, value in (("exchange_timeout", exchange_timeout), ("lease_ttl", lease_ttl)):
-            if not (value > 0 and math.isfinite(value)):
-                raise ValueError(f"{name} must be a positive number of seconds, got {value}")
-        if not isinstance(max_connections, int) or max_connections < 1:
-            raise ValueError(f"max_connections must be an int >= 1, got {max_connections!r}")
-        if not quotas:
-            raise ValueError("quotas must name at least one resource")
-        self.quotas = dict(quotas)
-        self.max_parallel = max_parallel
-        self.namespace = namespace
-        self.fallback = fallback
-        self.exchange_timeout = float(exchange_timeout)
-        self.lease_ttl = float(lease_ttl)
-        self._owned = isinstance(url_or_client, str)
-        if isinstance(url_or_client, str):
-            self.url = _safe_url(url_or_client)
-            self._redis: Any = _connect(url_or_client, cluster=cluster, pool=max_connections)
-        else:
-            self.url = type(url_or_client).__name__
-            self._redis = url_or_client
-        # Never more calls than connections; a quarter of them may block on a `wake` list.
-        self._blocking = asyncio.Semaphore(max_connections // 4)
-        self._calls = asyncio.Semaphore(max_connections - max_connections // 4)
-        self._limiters: dict[int, _RedisLimiter] = {}
-        self._background: set[asyncio.Task[Any]] = set()
-        self._retrying: set[asyncio.Task[None]] = set()
-        self._renewer: asyncio.Task[None] | None = None
-        self._down_until = -math.inf  # loop time; with fallback on, Redis is not asked before
-        self._degraded = False
-        # Script runs by name, retries included (for the benchmarks); "waited" counts the
-        # acquire calls that granted nothing, "carried" the releases an acquire took along.
-        self.calls: collections.Counter[str] = collections.Counter()
-        # Lease ids and tickets: this object's random prefix and a count, unique everywhere.
-        self._ids = map(f"{uuid.uuid4().hex[:16]}-{{}}".format, itertools.count())
-
-    def __repr__(self) -> str:
-        return (
-            f"RedisLimiters({self.url!r}, quotas={self.quotas}, "
-            f"max_parallel={self.max_parallel}, fallback={self.fallback})"
-        )
-
-    @property
-    def script_calls(self) -> int:
-        """How many scripts this object has run on Redis, retries included."""
-        return sum(n for name, n in self.calls.items() if name not in _TALLIES)
-
-    def new_id(self) -> str:
-        """A lease id (or ticket) no other process or call uses."""
-        return next(self._ids)
-
-    def limiter(self, business_id: int) -> Limiter:
-        """The shared limiter of one cabinet (one object per cabinet, cached)."""
-        limiter = self._limiters.get(business_id)
-        if limiter is None:
-            limiter = self._limiters[business_id] = _RedisLimiter(self, business_id)
-        return limiter
-
-    async def flush(self) -> None:
-        """Wait until every release on its way has reached Redis (or been given up on)."""
-        for limiter in list(self._limiters.values()):
-            await limiter.settled()
-        while self._background:
-            await asyncio.wait(set(self._background))
-
-    async def close(self) -> None:
-        """Let pending releases finish, stop renewing, and close the connection pool if ours.
-
-        Releases still waiting for Redis to come back are dropped: their leases expire."""
-        await self.flush()
-        for task in list(self._retrying):
-            task.cancel()
-        await asyncio.gather(*self._retrying, return_exceptions=True)
-        if self._renewer is not None:
-            self._renewer.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._renewer
-            self._renewer = None
-        if self._owned:
-            await self._redis.aclose()
-
-    # -- for the cabinets' limiters --------------------------------------------------------
-
-    async def run(self, script: Script, keys: list[Any], args: list[Any]) -> Any:
-        """Run one script, retrying for up to :data:`BLIP` seconds while Redis cannot be
-        reached; then :class:`LimiterUnavailableError`."""
-        loop = asyncio.get_running_loop()
-        give_up = loop.time() + BLIP
-        pause = 0.02
-        while True:
-            try:
-                async with self._calls:
-                    self.calls[script.name] += 1
-                    try:
-                        reply = await self._redis.evalsha(script.sha, len(keys), *keys, *args)
-                    except _no_script_error():
-                        reply = await self._redis.eval(script.source, len(keys), *keys, *args)
-            except Exception as exc:
-                if not _retryable(exc):
-                    raise
-                if loop.time() + pause > give_up:
-                    raise LimiterUnavailableError(
-                        None, message=f"the shared limiter at {self.url} is unavailable: {exc}"
-                    ) from exc
-                await asyncio.sleep(pause)
-                pause = min(2 * pause, 0.25)
-                continue
-            if self._degraded:
-                self._degraded = False
-                logger.warning("Redis at %s answers again; back to the shared limiter", self.url)
-            return reply
-
-    async def blocked_wait(self, key: str, seconds: float) -> int | None:
-        """Block on the ``wake`` list ``key`` for up to ``seconds``: the item that came (0:
-        none); ``None`` if no connection was to spare for it (or Redis failed): sleep instead."""
-        if self._blocking.locked():
-            return None
-        async with self._blocking:
-            try:
-                popped = await self._redis.blpop([key], timeout=seconds)
-                return 0 if popped is None else int(popped[1])
-            except Exception as exc:
-                if not _retryable(exc):
-                    raise
-                return None
-
-    def retry_later(self, work: Awaitable[None]) -> None:
-        """Keep trying ``work`` (a release Redis refused) until it succeeds or we close."""
-        task = asyncio.ensure_future(work)
-        self._retrying.add(task)
-        task.add_done_callback(self._retrying.discard)
-
-    def in_background(self, work: Awaitable[T]) -> asyncio.Task[T]:
-        """Run ``work`` to its end even if the caller is cancelled."""
-        task = asyncio.ensure_future(work)
-        self._background.add(task)
-        task.add_done_callback(self._background.discard)
-        return task
-
-    def leases_granted(self) -> None:
-        """Make sure the renewal task runs (it stops by itself when nothing is in flight)."""
-        if self._renewer is None or self._renewer.done():
-            self._renewer = asyncio.ensure_future(self._renew_forever())
-
-    async def _renew_forever(self) -> None:
-        # It ends when a tick finds nothing in flight (not as each request ends: a process
-        # making request after request would start it anew every time).
-        loop = asyncio.get_running_loop()
-        while True:
-            await asyncio.sleep(self.lease_ttl / 8)
-            if not any(limiter.in_flight for limiter in self._limiters.values()):
-                return
-            due = [limiter.renew(loop.time()) for limiter in list(self._limiters.values())]
-            await asyncio.gather(*due, return_exceptions=True)
-
-    def resting(self) -> bool:
-        """Redis failed a moment ago and fallback is on: not worth asking yet."""
-        return self._down_until > asyncio.get_running_loop().time()
-
-    def fall_back(self, business_id: int, exc: LimiterUnavailableError) -> CabinetLimiter:
-        """Redis failed: note it, warn once per outage, and give the in-process limiter."""
-        if not self._degraded:
-            self._degraded = True
-            logger.warning(
-                "%s; falling back to the in-process limiter, which cannot see other processes' "
-                "use of the cabinet (Redis is tried again every %.0f s)",
-                exc.message,
-                RETRY_REDIS,
-            )
-        self._down_until = asyncio.get_running_loop().time() + RETRY_REDIS
-        return self.local(business_id)
-
-    def local(self, business_id: int) -> CabinetLimiter:
-        """The process's in-process limiter for the cabinet (the fallback)."""
-        return limiter_for((self.namespace, business_id), self.quotas, self.max_parallel)
-
-
-def _connect(url: str, *, cluster: bool, pool: int) -> Any:
-    import redis.asyncio as aioredis
-    from redis.asyncio.cluster import RedisCluster
-
-    # Short socket timeouts: a call that hangs is retried (BLIP) rather than waited on.
-    options: dict[str, Any] = {
-        "socket_timeout": 0.5,
-        "socket_connect_timeout": 0.5,
-        "max_connections": pool,
-    }
-    if cluster:
-        return RedisCluster.from_url(url, **options)
-    return aioredis.Redis.from_url(url, **options)
-
-
 class _RedisLease:
     __slots__ = ("_owner", "answered", "granted_at", "id", "released", "renewed_at", "resource")
 
@@ -451,7 +158,7 @@ class _Resource:
         "wake_key",
     )
 
-    def __init__(self, shared: RedisLimiters, base: str, name: str, quota: Quota) -> None:
+    def __init__(self, shared: SharedRedis, base: str, name: str, quota: Quota) -> None:
         self.quota = quota
         keys = {n: f"{base}{n}" for n in CABINET_KEYS}
         keys.update({n: f"{base}{name}:{n}" for n in RESOURCE_KEYS})
@@ -498,7 +205,7 @@ class _Resource:
 class _RedisLimiter:
     """One cabinet's limiter: the state in Redis; the waiters, cap and latency in this process."""
 
-    def __init__(self, shared: RedisLimiters, business_id: int) -> None:
+    def __init__(self, shared: SharedRedis, business_id: int) -> None:
         self._shared = shared
         self.business_id = business_id
         base = f"{_PREFIX}:{{{shared.namespace}|{business_id}}}:"
