@@ -32,6 +32,7 @@ The package, one concern per module:
 * ``_values`` -- :class:`ReceiverOptions` and the receiver's other plain values;
 * ``_calls`` -- how handlers are called (async, or on a thread), with their timeout;
 * ``_receiver`` -- :class:`NotificationReceiver`, framework-neutral (no aiohttp);
+* ``_delivery`` -- the receiver's delivery loop: claim, fetch, call the handlers, retry, bury;
 * ``_app`` -- the aiohttp adapter: :func:`create_app`, :func:`serve`.
 
 Everything is logged under the ``market_chat_async.notifications`` logger; credentials never
