@@ -107,8 +107,8 @@ def _overhead_numbers(d: dict[str, Any]) -> list[str]:
     return [
         f"Sequential `get_message` calls against the bundled test server in a process of its "
         f"own, which sends `Date` and `X-RateLimit-Resource-*` on every answer as the Market "
-        f"does; this process's CPU time, {d['requests_per_round']:,} per round, median of "
-        f"{d['rounds']} rounds:",
+        f"does; this process's CPU time, {d['requests_per_round']:,} requests a side per round, "
+        f"median of {d['rounds']} rounds, each timing both sides back to back:",
         "",
         "| | CPU µs per request |",
         "| --- | --- |",
@@ -117,6 +117,16 @@ def _overhead_numbers(d: dict[str, Any]) -> list[str]:
         f"| overhead (limiter, validation, decoding into models) "
         f"| {_fmt(d['overhead_cpu_us_per_request'])} (x{d['ratio']:g}) |",
         "",
+        *(
+            [
+                f"The ratio is the median of the rounds' own ratios; half of the rounds fell "
+                f"between x{q[0]:g} and x{q[1]:g}, which is how much CPU time moves on this "
+                f"machine from one round to the next.",
+                "",
+            ]
+            if (q := d.get("ratio_quartiles"))
+            else []
+        ),
         f"Start-up: `import market_chat_async` takes {_fmt(d['import_package_ms'])} ms "
         f"(the HTTP stack loads with the client: {_fmt(d['import_client_ms'])} ms), against "
         f"{_fmt(d['import_aiohttp_ms'])} ms for `import aiohttp`; `market-chat --version` "
