@@ -184,17 +184,8 @@ class AiohttpTransport:
                 auto_decompress=False,
                 proxy=self._proxy_for(request.url),
             ) as resp:
-                headers = resp.headers
-                length = headers.get("Content-Length")
-                if (
-                    length is not None
-                    and "Content-Encoding" not in headers
-                    and int(length) <= self.max_body_bytes
-                ):
-                    body = await resp.read()  # the common case: a small plain body
-                else:
-                    body = await self._read(resp)
-                return HttpResponse(resp.status, headers, body)
+                body = await self._read(resp)
+                return HttpResponse(resp.status, resp.headers, body)
         except (aiohttp.ClientError, TimeoutError) as exc:
             raise self._connection_error(exc) from None
 
@@ -202,16 +193,13 @@ class AiohttpTransport:
         known = self._env_proxies
         if known is None:
             return self._proxy
-        cut = url.find("/", url.find("//") + 2)  # scheme://netloc, without splitting the URL
-        origin = url if cut < 0 else url[:cut]
-        try:
-            return known[origin]
-        except KeyError:
-            parts = urlsplit(url)
+        parts = urlsplit(url)
+        origin = f"{parts.scheme}://{parts.netloc}"
+        if origin not in known:
             proxies = urllib.request.getproxies_environment()
             bypass = urllib.request.proxy_bypass(parts.hostname or "")  # reads NO_PROXY
-            proxy = known[origin] = None if bypass else proxies.get(parts.scheme)
-            return proxy
+            known[origin] = None if bypass else proxies.get(parts.scheme)
+        return known[origin]
 
     def _connection_error(self, exc: BaseException) -> MarketConnectionError:
         # Described, not chained: aiohttp's errors can hold request headers or proxy auth.
@@ -227,7 +215,6 @@ class AiohttpTransport:
         )
 
     async def _read(self, resp: aiohttp.ClientResponse) -> bytes:
-        """The body of an answer that may be large or compressed, read in bounded steps."""
         cap = self.max_body_bytes
         encoding = resp.headers.get("Content-Encoding", "identity").strip().lower()
         if encoding in ("", "identity"):
@@ -236,6 +223,9 @@ class AiohttpTransport:
             inflate = zlib.decompressobj(wbits=zlib.MAX_WBITS | 32)  # gzip or zlib header
         else:
             raise self._malformed(resp, f"unsupported Content-Encoding {encoding!r}")
+        length = resp.content_length
+        if inflate is None and length is not None and length <= cap:
+            return await resp.read()  # the common case: a small body of a known length
         parts: list[bytes] = []
         size = 0
         async for chunk in resp.content.iter_chunked(_CHUNK):

@@ -41,9 +41,7 @@ class ResourceLedger:
 
     __slots__ = (
         "_bound",
-        "_burst",
         "_hold",
-        "_limit",
         "_local_suffices",
         "_returns",
         "_starts",
@@ -54,9 +52,6 @@ class ResourceLedger:
 
     def __init__(self, quota: Quota) -> None:
         self.quota = quota
-        # Read on every request: kept here rather than looked up through the quota each time.
-        self._limit = quota.limit
-        self._burst = quota.burst
         self._hold = quota.period + quota.effective_margin  # how long a spent token stays out
         self.in_flight = 0
         self._returns: deque[float] = deque()  # when finished requests' tokens come back
@@ -77,19 +72,17 @@ class ResourceLedger:
         return bound.budget - (self._starts - bound.starts)
 
     def _pace_wait(self, now: float) -> float:
-        burst = self._burst
+        burst = self.quota.burst
         if burst is None:
             return 0.0
         return max(0.0, self._tat - now - (burst - 1) * self.quota.pace_interval)
 
     def admissible(self, now: float) -> bool:
         """Whether one more request of this resource may start at ``now``."""
-        returns = self._returns
-        if (returns and returns[0] <= now) or self._bound is not None:
-            self._expire(now)
-        if self.in_flight + len(returns) >= self._limit:
+        self._expire(now)
+        if self.in_flight + len(self._returns) >= self.quota.limit:
             return False
-        if self._burst is not None and self._pace_wait(now) > 0:
+        if self._pace_wait(now) > 0:
             return False
         if self._bound is not None:
             return self._budget(self._bound) > 0
@@ -110,7 +103,7 @@ class ResourceLedger:
         """A request of this resource starts."""
         self.in_flight += 1
         self._starts += 1
-        if self._burst is not None:
+        if self.quota.burst is not None:
             self._tat = max(self._tat, now) + self.quota.pace_interval
 
     def finish(self, now: float, *, sent: bool) -> None:
@@ -129,10 +122,8 @@ class ResourceLedger:
         if remaining is None:
             self._local_suffices = resets_in is None
             return
-        returns = self._returns
-        if (returns and returns[0] <= now) or self._bound is not None:
-            self._expire(now)
-        if remaining >= self._limit - self.in_flight - len(returns):
+        self._expire(now)
+        if remaining >= self.quota.limit - self.in_flight - len(self._returns):
             # Our own tokens already account for everything the server counts: a bound would
             # count our own requests twice.
             self._local_suffices = True

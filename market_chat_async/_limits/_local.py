@@ -110,7 +110,7 @@ class CabinetLimiter:
     async def acquire(self, resource: str) -> _LocalLease:
         """Wait until a request of ``resource`` may be sent; FIFO per resource, and cancelling
         the wait takes nothing."""
-        ledger = self._ledgers.get(resource) or self._ledger(resource)
+        ledger = self._ledger(resource)
         loop = asyncio.get_running_loop()
         # acquire/release rather than ``with``: half the cost, on every request.
         self._lock.acquire()
@@ -156,11 +156,9 @@ class CabinetLimiter:
 
     def _slot_free(self, now: float) -> bool:
         lingering = self._lingering
-        if lingering:
-            while lingering and lingering[0] <= now:
-                heapq.heappop(lingering)
-            return len(self._in_flight) + len(lingering) < self._cap.value
-        return len(self._in_flight) < self._cap.value
+        while lingering and lingering[0] <= now:
+            heapq.heappop(lingering)
+        return len(self._in_flight) + len(lingering) < self._cap.value
 
     def _grant(self, resource: str, now: float) -> _LocalLease:
         for other in self._in_flight:
@@ -202,8 +200,7 @@ class CabinetLimiter:
                 until = lease.granted_at + self._latency.slowest()
                 if until > now:
                     heapq.heappush(self._lingering, until)
-            if self._waiters:
-                self._wake(now)
+            self._wake(now)
             if not self._in_flight and not self._settle_pending:
                 self._settle_pending = True
                 _settle_later(self, self._settles_at_locked(now))
