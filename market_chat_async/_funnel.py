@@ -87,17 +87,11 @@ class InProcessLimits:
         self._origin = origin
         self._quotas = dict(quotas)
         self._max_parallel = max_parallel
-        # The last cabinet's limiter: calls tend to repeat a cabinet, and the registry hands
-        # out the same object to whoever asks while anyone holds it, so this shares, not splits.
-        self._last: tuple[int, Limiter] | None = None
 
     def limiter(self, business_id: int) -> Limiter:
-        last = self._last
-        if last is not None and last[0] == business_id:
-            return last[1]
-        limiter = limiter_for((self._origin, business_id), self._quotas, self._max_parallel)
-        self._last = (business_id, limiter)
-        return limiter
+        # Asked on every call, not cached: each ask is also when cabinets that hold nothing
+        # any more are let go.
+        return limiter_for((self._origin, business_id), self._quotas, self._max_parallel)
 
     async def close(self) -> None:
         return None

@@ -248,6 +248,20 @@ async def test_cabinets_that_hold_nothing_are_let_go() -> None:
 
 
 @pytest.mark.looptime
+async def test_a_client_that_stays_on_one_cabinet_still_lets_the_others_go() -> None:
+    quota = Quota(limit=10, period=60.0)
+    async with (
+        serve(MarketTestServer(quota=10, period=60.0)) as running,
+        MarketChatClient(api_key=API_KEY, base_url=running.url, quota=quota) as client,
+    ):
+        for business in range(1, 21):
+            await client.get_message(business, 1, 1)
+        await asyncio.sleep(61)  # every token is back
+        await client.get_message(20, 1, 2)  # the cabinet of the call before
+        assert {business for _, business in _local._held} == {20}
+
+
+@pytest.mark.looptime
 async def test_a_cabinet_with_tokens_out_is_kept() -> None:
     quotas = {"getChatMessage": Quota(limit=1, period=60.0)}
     limiter = limiter_for(("https://api", 1), quotas, 4)
