@@ -253,7 +253,7 @@ def answer_for(status: int, headers: Mapping[str, str], error: MarketApiError | 
 
 def _result(status: int, headers: Mapping[str, str], body: bytes) -> Any:
     data = _json(body, status, headers)
-    if data.__class__ is not dict or data.get("status") != "OK":
+    if not isinstance(data, dict) or data.get("status") != "OK":
         errors = _parse_errors(data)
         raise MalformedResponseError(
             status,
@@ -291,7 +291,7 @@ def decode(status: int, headers: Mapping[str, str], body: bytes, kind: type[T]) 
     <Sender.MARKET: 'MARKET'>
     """
     result = _result(status, headers, body)
-    if result.__class__ is not dict:
+    if not isinstance(result, dict):
         raise MalformedResponseError(status, message="response has no result", headers=headers)
     return _structure(result, kind, status, headers)
 
