@@ -235,12 +235,9 @@ class Funnel:
         )
         return response
 
-    async def _acquire(
-        self, limiter: Limiter, request: ApiRequest, deadline: float | None
-    ) -> Lease:
+    async def _acquire(self, limiter: Limiter, request: ApiRequest, deadline: float) -> Lease:
+        """A lease by ``deadline`` (max_rate_limit_wait), or the RateLimitError saying why not."""
         resource = request.endpoint.operation
-        if deadline is None:
-            return await limiter.acquire(resource)
         loop = asyncio.get_running_loop()
         try:
             async with asyncio.timeout_at(max(deadline, loop.time())):
