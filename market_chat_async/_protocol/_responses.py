@@ -264,15 +264,9 @@ def _result(status: int, headers: Mapping[str, str], body: bytes) -> Any:
     return data.get("result")
 
 
-_hooks: dict[type[Any], Any] = {}  # the converter's hook per model: no dispatch per answer
-
-
 def _structure(value: Any, kind: type[T], status: int, headers: Mapping[str, str]) -> T:
     try:
-        hook = _hooks.get(kind)
-        if hook is None:
-            hook = _hooks[kind] = converter.get_structure_hook(kind)
-        model: T = hook(value, kind)
+        model: T = converter.get_structure_hook(kind)(value, kind)  # the cached hook, no dispatch
         return model
     except (cattrs.BaseValidationError, TypeError, ValueError, KeyError) as exc:
         detail = "; ".join(cattrs.transform_error(exc)) if isinstance(exc, Exception) else ""
