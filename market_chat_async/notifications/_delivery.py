@@ -19,6 +19,7 @@ import logging
 import random
 from collections import OrderedDict, deque
 from collections.abc import Callable, Mapping
+from typing import Any
 
 import attrs
 
@@ -276,13 +277,7 @@ class Delivery:
         fetch = asyncio.ensure_future(
             self.client.get_message(n.business_id, n.chat_id, n.message_id)
         )
-        try:
-            finished, _ = await asyncio.wait({fetch}, timeout=self.options.handler_timeout)
-        except asyncio.CancelledError:
-            fetch.cancel()
-            raise
-        if not finished:
-            fetch.cancel()
+        if not await self._finished_in_time(fetch):
             errors.append(("fetch", HandlerTimeoutError("fetch", self.options.handler_timeout)))
             return None
         try:
@@ -310,13 +305,8 @@ class Delivery:
             waiter = loop.create_task(awaited(hook, *args), name=f"{stage} handler")
         else:
             waiter = in_thread(lambda: hook(*args))
-        try:
-            finished, _ = await asyncio.wait({waiter}, timeout=self.options.handler_timeout)
-        except asyncio.CancelledError:
-            waiter.cancel()
-            raise
-        if not finished:
-            waiter.cancel()  # a thread cannot be stopped: it is left to finish on its own
+        if not await self._finished_in_time(waiter):
+            # A thread cannot be stopped: it is left to finish on its own.
             self.counts["abandoned"] += 1
             errors.append((stage, HandlerTimeoutError(stage, self.options.handler_timeout)))
             return
@@ -329,6 +319,18 @@ class Delivery:
             errors.append((stage, exc))
         else:
             done.add(stage)
+
+    async def _finished_in_time(self, work: asyncio.Future[Any]) -> bool:
+        """Wait up to ``handler_timeout`` for ``work``; cancel it if it is not done by then, or
+        if this wait is cancelled."""
+        try:
+            finished, _ = await asyncio.wait({work}, timeout=self.options.handler_timeout)
+        except asyncio.CancelledError:
+            work.cancel()
+            raise
+        if not finished:
+            work.cancel()
+        return bool(finished)
 
     async def _give_up(
         self,
