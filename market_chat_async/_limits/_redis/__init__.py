@@ -40,8 +40,8 @@ queue for a connection instead of failing.
 
 Modules. The connection every cabinet of a client shares (``_connection``: retries,
 fallback, renewals, background work) owns the cabinets' limiters (``_cabinet``: waiting,
-granting, giving back), which see it only through a small protocol; the numbers both use
-are in ``_constants``.
+granting, giving back), which see it only through a small protocol; a resource's keys, script
+arguments and replies are ``_resource``'s; the numbers all use are in ``_constants``.
 
 Keys, all under ``market-chat-async:{<namespace>|<business_id>}:`` (the braces are the hash
 tag; ``namespace`` is the API origin); a resource's keys add ``<resource>:``. Each has an
