@@ -2,15 +2,11 @@
 
 from __future__ import annotations
 
-import asyncio
-import mimetypes
-import os
 import random
 from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterable, Mapping
 from datetime import datetime
-from pathlib import Path
 from types import TracebackType
-from typing import IO, TYPE_CHECKING, Any, Self, TypeVar
+from typing import TYPE_CHECKING, Any, Self, TypeVar
 from urllib.parse import urlsplit
 
 from ._bulk import (
@@ -24,16 +20,15 @@ from ._bulk import (
 )
 from ._env import API_KEY_ENV, BASE_URL_ENV, DEFAULT_BASE_URL
 from ._errors import MalformedResponseError
-from ._funnel import MAX_REDIRECTS, Funnel, InProcessLimits, Limits, Secret
+from ._files import FileInput, read_file_part
+from ._funnel import MAX_REDIRECTS, Funnel, InProcessLimits, Limits
 from ._limits import Quota, QuotaState
 from ._models import Chat, ChatContextType, ChatMessage, ChatStatus, ChatType
+from ._options import credentials, merged_quotas
 from ._protocol import (
-    DEFAULT_QUOTAS,
     ENDPOINTS,
-    MAX_FILE_BYTES,
     ApiRequest,
     ChatFilters,
-    FilePart,
     chat_request,
     chats_request,
     check_ok,
@@ -57,7 +52,6 @@ if TYPE_CHECKING:
 __all__ = ["API_KEY_ENV", "BASE_URL_ENV", "DEFAULT_BASE_URL", "MarketChatClient"]
 
 
-FileInput = bytes | str | os.PathLike[str] | IO[bytes]
 T = TypeVar("T")
 Page = tuple[list[T], str | None]
 
@@ -109,7 +103,7 @@ class MarketChatClient:
         redis_fallback: bool = False,
         seed: int | None = None,
     ) -> None:
-        secret = _credentials(api_key, oauth_token)
+        secret = credentials(api_key, oauth_token)
         base = urlsplit(base_url)
         if base.scheme not in ("http", "https") or not base.hostname:
             raise ValueError(f"base_url must be an absolute http(s) URL, got {base_url!r}")
@@ -128,7 +122,7 @@ class MarketChatClient:
         self.base_url = base_url.rstrip("/")
         self.timeout = timeout
         self.retry = retry or RetryPolicy()
-        self.quotas = _quotas(quota, quotas)
+        self.quotas = merged_quotas(quota, quotas)
         self.quota = self.quotas["getChatMessage"]
         self.max_parallel = max_parallel
         self.max_rate_limit_wait = max_rate_limit_wait
@@ -327,7 +321,7 @@ class MarketChatClient:
         """
         validate_id("business_id", business_id)
         validate_id("chat_id", chat_id)
-        part = await _file_part(file, filename)
+        part = await read_file_part(file, filename)
         response = await self._funnel.call(send_file_request(business_id, chat_id, part))
         check_ok(response.status, response.headers, response.body)
 
@@ -447,60 +441,3 @@ class MarketChatClient:
             raise ValueError(f"unknown operation {operation!r}; known: {', '.join(ENDPOINTS)}")
         limiter = self._funnel.limits.limiter(validate_id("business_id", business_id))
         return await limiter.state(operation)
-
-
-def _credentials(api_key: str | None, oauth_token: str | None) -> Secret:
-    if api_key is not None and oauth_token is not None:
-        raise ValueError("give either api_key or oauth_token, not both")
-    if api_key is None and oauth_token is None:
-        api_key = os.environ.get(API_KEY_ENV) or None
-    if api_key is not None:
-        return Secret("Api-Key", _nonblank("api_key", api_key))
-    if oauth_token is not None:
-        return Secret("Authorization", _nonblank("oauth_token", oauth_token), scheme="Bearer")
-    raise ValueError(
-        f"no credentials: pass api_key=... (or the legacy oauth_token=...), "
-        f"or set the {API_KEY_ENV} environment variable"
-    )
-
-
-def _nonblank(name: str, value: str) -> str:
-    if not isinstance(value, str) or not value.strip():
-        raise ValueError(f"{name} must be a non-empty string")
-    return value.strip()
-
-
-def _quotas(quota: Quota | None, quotas: Mapping[str, Quota] | None) -> dict[str, Quota]:
-    merged = dict(DEFAULT_QUOTAS)
-    if quota is not None:
-        merged["getChatMessage"] = quota
-    for name, value in (quotas or {}).items():
-        if name not in ENDPOINTS:
-            raise ValueError(f"quotas: unknown operation {name!r}; known: {', '.join(ENDPOINTS)}")
-        if not isinstance(value, Quota):
-            raise TypeError(f"quotas[{name!r}] must be a Quota, not {type(value).__name__}")
-        merged[name] = value
-    return merged
-
-
-async def _file_part(file: FileInput, filename: str | None) -> FilePart:
-    """Read what ``send_file`` was given, refusing more than the service accepts unread."""
-    if isinstance(file, bytes):
-        content, name = file, filename or "file"
-    elif isinstance(file, (str, os.PathLike)):
-        path = Path(file)
-        size = (await asyncio.to_thread(path.stat)).st_size
-        if size > MAX_FILE_BYTES:
-            raise ValueError(
-                f"{path} has {size} bytes; the Market accepts at most {MAX_FILE_BYTES}"
-            )
-        content, name = await asyncio.to_thread(path.read_bytes), filename or path.name
-    elif hasattr(file, "read"):
-        content = await asyncio.to_thread(file.read, MAX_FILE_BYTES + 1)
-        if not isinstance(content, bytes):
-            raise TypeError("file must be opened in binary mode")
-        name = filename or Path(str(getattr(file, "name", "file"))).name
-    else:
-        raise TypeError(f"file must be bytes, a path or a binary file, not {type(file).__name__}")
-    content_type = mimetypes.guess_type(name)[0] or "application/octet-stream"
-    return FilePart(name, content, content_type)

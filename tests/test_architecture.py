@@ -176,9 +176,11 @@ ALLOWED = {
     "_transport": {"_errors", "_protocol"},
     "_bulk": {"_models", "_wire", "_protocol", "_errors"},
     "_funnel": {"_errors", "_limits", "_protocol", "_retry", "_transport", "_version"},
+    "_files": {"_protocol"},
+    "_options": {"_env", "_funnel", "_limits", "_protocol"},
     "_client": {
-        "_bulk", "_env", "_errors", "_funnel", "_limits", "_models", "_protocol", "_retry",
-        "_transport", "_wire",
+        "_bulk", "_env", "_errors", "_files", "_funnel", "_limits", "_models", "_options",
+        "_protocol", "_retry", "_transport", "_wire",
     },
     "testing": {"_version"},
 }  # fmt: skip
